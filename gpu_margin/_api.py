@@ -1,0 +1,80 @@
+"""The pricing functions of the public Python API (SPEC section 9).
+
+NumPy in, NumPy out; CuPy in, CuPy out: the array namespace of the inputs is
+kept. Scalars come back as 0-d NumPy arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .kernels import american_price, bsm_price
+from .kernels import implied_vol as _implied_vol
+from .kernels._xp import namespace
+
+
+def _style_is_american(style: Any, xp: Any, like: Any) -> Any:
+    s = np.asarray(style)
+    if s.dtype.kind in "US" or s.dtype == object:
+        bad = ~np.isin(s, ["A", "E"])
+        if bad.any():
+            raise ValueError(f"style must be 'A' or 'E' (got {s[bad].flat[0]!r})")
+        return xp.asarray(s == "A") if like is None else xp.asarray(np.asarray(s == "A"))
+    return xp.asarray(style, dtype=xp.bool)
+
+
+def _right_is_call(right: Any, xp: Any) -> Any:
+    r = np.asarray(right)
+    if r.dtype.kind in "US" or r.dtype == object:
+        bad = ~np.isin(r, ["C", "P"])
+        if bad.any():
+            raise ValueError(f"right must be 'C' or 'P' (got {r[bad].flat[0]!r})")
+        return xp.asarray(r == "C")
+    return xp.asarray(right, dtype=xp.bool)
+
+
+def option_price(
+    right: Any,
+    spot: Any,
+    strike: Any,
+    t: Any,
+    vol: Any,
+    rate: Any,
+    dividend_yield: Any = 0.0,
+    style: Any = "E",
+) -> Any:
+    """Model value per unit of underlying of European (BSM) or American (QD+) options.
+
+    ``right`` is ``"C"``/``"P"`` (or booleans, True = call), ``style`` ``"E"``/``"A"``;
+    every argument broadcasts. ``t`` in years, rates continuous.
+    """
+    xp = namespace(spot, strike, t, vol, rate, dividend_yield)
+    call = _right_is_call(right, xp)
+    amer = _style_is_american(style, xp, None)
+    euro = bsm_price(call, spot, strike, t, vol, rate, dividend_yield)
+    if not bool(xp.any(amer)):
+        return euro
+    return xp.where(amer, american_price(call, spot, strike, t, vol, rate, dividend_yield), euro)
+
+
+def implied_vol(
+    price: Any,
+    right: Any,
+    spot: Any,
+    strike: Any,
+    t: Any,
+    rate: Any,
+    dividend_yield: Any = 0.0,
+    style: Any = "E",
+) -> Any:
+    """Implied volatility of option prices under the same models; ``nan`` where none exists.
+
+    Use :func:`gpu_margin.kernels.implied_vol` to get the convergence flags too.
+    """
+    xp = namespace(price, spot, strike, t, rate, dividend_yield)
+    call = _right_is_call(right, xp)
+    amer = _style_is_american(style, xp, None)
+    vol, _ = _implied_vol(price, call, spot, strike, t, rate, dividend_yield, amer)
+    return vol
