@@ -12,7 +12,7 @@ import numpy as np
 
 from array_api_compat import is_numpy_namespace
 
-from .kernels import american_price, bsm_price, price_grid
+from .kernels import american_price, bsm_price
 from .kernels import implied_vol as _implied_vol
 from .kernels._xp import namespace
 
@@ -20,35 +20,36 @@ from .kernels._xp import namespace
 def _style_is_american(style: Any, xp: Any, like: Any) -> Any:
     s = np.asarray(style)
     if s.dtype.kind in "US" or s.dtype == object:
-        bad = ~np.isin(s, ["A", "E"])
+        amer = s == "A"
+        bad = ~(amer | (s == "E"))
         if bad.any():
             raise ValueError(f"style must be 'A' or 'E' (got {s[bad].flat[0]!r})")
-        return xp.asarray(s == "A") if like is None else xp.asarray(np.asarray(s == "A"))
+        return xp.asarray(amer)
     return xp.asarray(style, dtype=xp.bool)
 
 
 def _right_is_call(right: Any, xp: Any) -> Any:
     r = np.asarray(right)
     if r.dtype.kind in "US" or r.dtype == object:
-        bad = ~np.isin(r, ["C", "P"])
+        call = r == "C"
+        bad = ~(call | (r == "P"))
         if bad.any():
             raise ValueError(f"right must be 'C' or 'P' (got {r[bad].flat[0]!r})")
-        return xp.asarray(r == "C")
+        return xp.asarray(call)
     return xp.asarray(right, dtype=xp.bool)
 
 
 def _european(xp: Any, call: Any, spot: Any, strike: Any, t: Any, vol: Any, rate: Any, q: Any) -> Any:
-    """European values; on NumPy through the fused grid loop (a one-scenario grid), both cores."""
+    """European values; on NumPy through the fused CPU loop on every core."""
     if is_numpy_namespace(xp):
-        arrs = np.broadcast_arrays(
-            *(np.asarray(a, dtype=np.float64) for a in (spot, strike, t, vol, rate, q)), np.asarray(call)
-        )
-        shape = arrs[0].shape
-        flat = [np.ascontiguousarray(a).reshape(-1) for a in arrs]
-        if flat[0].size and np.all(flat[3] > 0.0):
-            zero = np.zeros((1, 1))
-            grid = price_grid(flat[6], *flat[:6], False, zero, zero, vol_floor=0.0)
-            return grid[:, 0].reshape(shape)
+        from .kernels._fused_cpu import HAVE_NUMBA, european_price_fused  # noqa: PLC0415
+
+        if HAVE_NUMBA:
+            arrs = np.broadcast_arrays(
+                np.asarray(call, dtype=bool), *(np.asarray(a, dtype=np.float64) for a in (spot, strike, t, vol, rate, q))
+            )
+            out = european_price_fused(*(a.reshape(-1) for a in arrs))
+            return out.reshape(arrs[0].shape)
     return bsm_price(call, spot, strike, t, vol, rate, q)
 
 

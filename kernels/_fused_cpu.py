@@ -80,14 +80,24 @@ def _grid_loop(w, ln_fk, fk, k_dr, sqrt_t, vol, spot, strike, live, row, ln_u, u
                 oi[j] = value(wi, ln_fk[i], fk[i], k_dr[i], sqrt_t[i], vol[i] + vr[j], lur[j], ur[j], floor)
 
 
-# Reassociation, contraction to FMA and fast reciprocals let LLVM vectorise the loop;
-# not "nnan"/"ninf" (no promise about inputs) nor "nsz" (a zero value stays +0.0).
-_FASTMATH = {"reassoc", "contract", "arcp", "afn"}
+def _price_loop(call, spot, strike, t, vol, rate, q, out):
+    for i in numba.prange(spot.shape[0]):  # noqa: B023
+        wi = 1.0 if call[i] else -1.0
+        if t[i] > 0.0 and vol[i] > 0.0:
+            ln_fk = math.log(spot[i] / strike[i]) + (rate[i] - q[i]) * t[i]
+            out[i] = value(wi, ln_fk, math.exp(ln_fk), strike[i] * math.exp(-rate[i] * t[i]),
+                           math.sqrt(t[i]), vol[i], 0.0, 1.0, 0.0)
+        else:
+            x = wi * (spot[i] * math.exp(-q[i] * t[i]) - strike[i] * math.exp(-rate[i] * t[i]))
+            out[i] = x if x > 0.0 else 0.0
 
-if HAVE_NUMBA:
-    value = numba.njit(inline="always", cache=True, fastmath=_FASTMATH)(_value)
-    _grid_parallel = numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)(_grid_loop)
-    _grid_serial = numba.njit(parallel=False, cache=True, nogil=True, fastmath=_FASTMATH)(_grid_loop)
+
+def european_price_fused(call, spot, strike, t, vol, rate, q) -> np.ndarray:
+    """European values of independent contracts (1-D NumPy arrays), the ``bsm_price`` formula."""
+    out = np.empty(spot.shape[0], dtype=np.float64)
+    loop = _price_parallel if threading.current_thread() is threading.main_thread() else _price_serial
+    loop(*(np.ascontiguousarray(a) for a in (call, spot, strike, t, vol, rate, q)), out)
+    return out
 
 
 def european_grid_fused(
@@ -124,3 +134,15 @@ def european_grid_fused(
         vol_mode == "relative", float(vol_floor), out,
     )
     return out
+
+
+# Reassociation, contraction to FMA and fast reciprocals let LLVM vectorise the loop;
+# not "nnan"/"ninf" (no promise about inputs) nor "nsz" (a zero value stays +0.0).
+_FASTMATH = {"reassoc", "contract", "arcp", "afn"}
+
+if HAVE_NUMBA:
+    value = numba.njit(inline="always", cache=True, fastmath=_FASTMATH)(_value)
+    _grid_parallel = numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)(_grid_loop)
+    _grid_serial = numba.njit(parallel=False, cache=True, nogil=True, fastmath=_FASTMATH)(_grid_loop)
+    _price_parallel = numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)(_price_loop)
+    _price_serial = numba.njit(parallel=False, cache=True, nogil=True, fastmath=_FASTMATH)(_price_loop)
