@@ -1,0 +1,133 @@
+"""``gpu_margin.compute``: in-memory frames in, the result tables of SPEC section 7 out."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ._backend import Backend, select_backend
+from ._methodology import Methodology, load_methodology
+from ._pm import Book, grid_margin, option_values, prepare_book, scenario_pnl_by_account
+from ._scenarios import joint_table
+
+
+def _as_date(asof: Any) -> _dt.date:
+    return pd.Timestamp(asof).date()
+
+
+def value_positions(book: Book, backend: Backend) -> pd.DataFrame:
+    """Add ``value0`` (model value per unit) and ``market_value`` (signed, for NLV) to the book."""
+    p = book.pos
+    v0, _ = option_values(book, None, backend)
+    v0_h = backend.to_host(v0)
+    con = p["_con"].to_numpy(np.int64)
+    kind = p["kind"].to_numpy()
+    value0 = np.where(con >= 0, v0_h[np.where(con >= 0, con, 0)] if v0_h.size else 0.0,
+                      np.where(kind == "stock", p["spot"].to_numpy(np.float64), 0.0))
+    mark = p["mark"].to_numpy(np.float64)
+    unit = np.where(np.isnan(mark), value0, mark)
+    mv = np.where(kind == "future", 0.0, p["quantity"].to_numpy(np.float64) * p["multiplier"].to_numpy(np.float64) * unit)
+    book.pos = p.assign(value0=value0, value=unit, market_value=mv)
+    return book.pos
+
+
+def compute(
+    positions: pd.DataFrame,
+    market: pd.DataFrame,
+    accounts: pd.DataFrame | None = None,
+    *,
+    asof: Any,
+    rate: float,
+    methodology: str | Methodology = "finra",
+    device: str = "auto",
+    scenarios: pd.DataFrame | None = None,
+    multipliers: tuple[float, ...] = (1.0,),
+    source: str = "positions",
+) -> dict[str, pd.DataFrame]:
+    """Margin every account of in-memory frames; returns ``accounts``, ``classes``, ``rejects``
+    (and ``scenario_pnl`` for a ``scenarios`` methodology or when ``scenarios`` is given).
+    """
+    from ._validate import validate_accounts, validate_market, validate_positions  # noqa: PLC0415
+
+    backend = select_backend(device) if isinstance(device, str) else device
+    meth = methodology if isinstance(methodology, Methodology) else load_methodology(methodology)
+    asof_d = _as_date(asof)
+    market = validate_market(market, source="market")
+    acc = validate_accounts(accounts, source="accounts")
+    valid, rejects = validate_positions(positions, market, asof=asof_d, rate=rate, source=source)
+    und_names = np.sort(market["underlying"].to_numpy(dtype=object))
+    book = prepare_book(valid, und_names)
+    value_positions(book, backend)
+    p = book.pos
+
+    all_ids = pd.Index(sorted(set(book.accounts) | set(acc["account_id"]) | set(rejects["account_id"].dropna())),
+                       name="account_id")
+    cash = acc.set_index("account_id")["cash"].reindex(all_ids).fillna(0.0)
+    atype = acc.set_index("account_id")["account_type"].reindex(all_ids).fillna("portfolio")
+    nlv = cash + p.groupby("account_id")["market_value"].sum().reindex(all_ids).fillna(0.0)
+
+    out: dict[str, pd.DataFrame] = {}
+    if meth.kind == "grid":
+        res = grid_margin(book, market, meth, nlv, backend)
+        pm = res.accounts.set_index("account_id").reindex(all_ids)
+        out["classes"] = res.classes
+    else:
+        pm, out["scenario_pnl"] = _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_ids)
+        out["classes"] = pd.DataFrame(columns=["account_id", "underlying", "product_group", "class_risk"])
+    for col in ("pm_scenario_risk", "pm_minimum_excess", "pm_contingency", "pm_concentration", "pm_requirement"):
+        if col in pm:
+            pm[col] = pm[col].fillna(0.0)
+
+    from ._regt import regt_requirements  # noqa: PLC0415
+
+    regt_acc, regt_legs = regt_requirements(p)
+    regt = regt_acc.set_index("account_id").reindex(all_ids).fillna(0.0)
+    out["regt_legs"] = regt_legs
+
+    n_rej = rejects.groupby("account_id").size().reindex(all_ids).fillna(0).astype(np.int64)
+    res_acc = pd.DataFrame(index=all_ids)
+    res_acc["account_type"] = atype
+    res_acc["pm_requirement"] = pm["pm_requirement"]
+    for col in ("pm_scenario_risk", "pm_minimum_excess", "pm_contingency", "pm_concentration"):
+        if col in pm:
+            res_acc[col] = pm[col]
+    res_acc["regt_initial"] = regt["regt_initial"]
+    res_acc["regt_maintenance"] = regt["regt_maintenance"]
+    res_acc["nlv"] = nlv
+    res_acc["requirement"] = np.where(atype == "regt", res_acc["regt_maintenance"], res_acc["pm_requirement"])
+    res_acc["excess"] = res_acc["nlv"] - res_acc["requirement"]
+    res_acc["worst_scenario"] = pm["worst_scenario"].astype(object) if "worst_scenario" in pm else None
+    res_acc["n_positions"] = p.groupby("account_id").size().reindex(all_ids).fillna(0).astype(np.int64)
+    res_acc["n_rejected"] = n_rej
+    res_acc["has_rejects"] = n_rej > 0
+    out["accounts"] = res_acc.reset_index()
+    out["rejects"] = rejects
+    out["positions"] = p
+    return out
+
+
+def _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_ids):
+    if scenarios is None:
+        from ._exceptions import JobError  # noqa: PLC0415
+
+        raise JobError("a 'scenarios' methodology needs a scenario file; pass --scenarios FILE")
+    table, index = joint_table(scenarios, market, multipliers, vol_mode=meth.defaults.vol_shock_mode)
+    pnl = backend.to_host(scenario_pnl_by_account(book, table, backend))  # (n_acc, m)
+    w = index["weight"].to_numpy(np.float64)
+    loss = -(pnl * w[None, :])
+    worst = np.argmax(loss, axis=1) if loss.shape[1] else np.zeros(len(book.accounts), np.int64)
+    risk = np.maximum(loss.max(axis=1), 0.0) if loss.shape[1] else np.zeros(len(book.accounts))
+    pm = pd.DataFrame({"pm_scenario_risk": risk, "pm_requirement": risk,
+                       "worst_scenario": np.where(risk > 0, (index["scenario_id"].to_numpy(object)[worst] + "x" +
+                                                            index["multiplier"].map("{:g}".format).to_numpy(object)[worst]), None)},
+                      index=pd.Index(book.accounts, name="account_id")).reindex(all_ids)
+    spnl = pd.DataFrame({
+        "account_id": np.repeat(book.accounts, len(index)),
+        "scenario_id": np.tile(index["scenario_id"].to_numpy(object), len(book.accounts)),
+        "multiplier": np.tile(index["multiplier"].to_numpy(np.float64), len(book.accounts)),
+        "pnl": pnl.reshape(-1),
+    })
+    return pm, spnl
