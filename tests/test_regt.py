@@ -412,7 +412,9 @@ def test_parts_add_up_to_each_position(df):
 
 
 def sequential_greedy(ia, ib, rb, integral, rem):
-    """Plain reference: take candidates one at a time in rank order."""
+    """Plain reference: take candidates one at a time in rank order; float residuals
+    below 1e-9 of a leg's quantity count as nothing left, as in the fast version."""
+    start = rem.copy()
     rem = rem.copy()
     taken = np.zeros(len(ia))
     for e in range(len(ia)):
@@ -424,10 +426,13 @@ def sequential_greedy(ia, ib, rb, integral, rem):
             taken[e] = q
             rem[ia[e]] -= q
             rem[ib[e]] -= q * rb[e]
+            for j in (ia[e], ib[e]):
+                if rem[j] <= 1e-9 * start[j]:
+                    rem[j] = 0.0
     return taken, rem
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_greedy_match_equals_sequential_reference(data):
     n_a = data.draw(st.integers(1, 5))
@@ -436,7 +441,7 @@ def test_greedy_match_equals_sequential_reference(data):
     pairs = data.draw(st.lists(edge, min_size=1, max_size=15, unique=True))
     ia = np.array([p[0] for p in pairs], dtype=np.int64)
     ib = np.array([n_a + p[1] for p in pairs], dtype=np.int64)
-    rb = np.array([data.draw(st.sampled_from([1.0, 2.0, 100.0])) for _ in pairs])
+    rb = np.array([data.draw(st.sampled_from([1.0, 2.0, 100.0, 1.0 / 3.0, 2.5])) for _ in pairs])
     integral = np.array([data.draw(st.booleans()) for _ in pairs])
     rem = np.array([float(data.draw(st.integers(1, 400))) for _ in range(n_a + n_b)])
     want, want_rem = sequential_greedy(ia, ib, rb, integral, rem)
