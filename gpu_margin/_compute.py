@@ -42,31 +42,59 @@ def compute(
     asof: Any,
     rate: float,
     methodology: str | Methodology = "finra",
-    device: str = "auto",
+    device: str | Backend = "auto",
     scenarios: pd.DataFrame | None = None,
     multipliers: tuple[float, ...] = (1.0,),
     source: str = "positions",
 ) -> dict[str, pd.DataFrame]:
-    """Margin every account of in-memory frames; returns ``accounts``, ``classes``, ``rejects``
-    (and ``scenario_pnl`` for a ``scenarios`` methodology or when ``scenarios`` is given).
+    """Margin every account of in-memory frames (SPEC section 9).
+
+    Returns the result tables of SPEC section 7 as pandas frames: ``accounts``,
+    ``classes``, ``rejects``, ``regt_legs`` (the Reg T strategy of every leg),
+    ``positions`` (the valid positions with model values), and ``scenario_pnl``
+    for a ``scenarios`` methodology.
     """
     from ._validate import validate_accounts, validate_market, validate_positions  # noqa: PLC0415
 
     backend = select_backend(device) if isinstance(device, str) else device
     meth = methodology if isinstance(methodology, Methodology) else load_methodology(methodology)
-    asof_d = _as_date(asof)
     market = validate_market(market, source="market")
+    if accounts is None:
+        accounts = pd.DataFrame({"account_id": pd.Series(dtype=str), "cash": pd.Series(dtype=float),
+                                 "account_type": pd.Series(dtype=str)})
     acc = validate_accounts(accounts, source="accounts")
-    valid, rejects = validate_positions(positions, market, asof=asof_d, rate=rate, source=source)
+    valid, rejects = validate_positions(positions, market, asof=_as_date(asof), rate=rate, source=source)
+    return margin_frames(valid, rejects, market, acc, meth, backend, scenarios=scenarios, multipliers=multipliers)
+
+
+def margin_frames(
+    valid: pd.DataFrame,
+    rejects: pd.DataFrame,
+    market: pd.DataFrame,
+    acc: pd.DataFrame,
+    meth: Methodology,
+    backend: Backend,
+    *,
+    scenarios: pd.DataFrame | None = None,
+    multipliers: tuple[float, ...] = (1.0,),
+    account_ids: Any = None,
+) -> dict[str, pd.DataFrame]:
+    """The result tables for validated positions of whole accounts (one partition, or a whole book).
+
+    ``account_ids`` restricts the accounts reported (a partition reports its own
+    accounts; ``None`` = every account of positions, rejects and ``acc``).
+    """
     und_names = np.sort(market["underlying"].to_numpy(dtype=object))
     book = prepare_book(valid, und_names)
     value_positions(book, backend)
     p = book.pos
 
-    all_ids = pd.Index(sorted(set(book.accounts) | set(acc["account_id"]) | set(rejects["account_id"].dropna())),
-                       name="account_id")
-    cash = acc.set_index("account_id")["cash"].reindex(all_ids).fillna(0.0)
-    atype = acc.set_index("account_id")["account_type"].reindex(all_ids).fillna("portfolio")
+    if account_ids is None:
+        account_ids = set(book.accounts) | set(acc["account_id"]) | set(rejects["account_id"].dropna())
+    all_ids = pd.Index(sorted(account_ids), name="account_id", dtype=object)
+    acc_i = acc.drop_duplicates("account_id").set_index("account_id")
+    cash = acc_i["cash"].reindex(all_ids).fillna(0.0)
+    atype = acc_i["account_type"].reindex(all_ids).fillna("portfolio")
     nlv = cash + p.groupby("account_id")["market_value"].sum().reindex(all_ids).fillna(0.0)
 
     out: dict[str, pd.DataFrame] = {}
@@ -76,10 +104,11 @@ def compute(
         out["classes"] = res.classes
     else:
         pm, out["scenario_pnl"] = _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_ids)
-        out["classes"] = pd.DataFrame(columns=["account_id", "underlying", "product_group", "class_risk"])
-    for col in ("pm_scenario_risk", "pm_minimum_excess", "pm_contingency", "pm_concentration", "pm_requirement"):
-        if col in pm:
-            pm[col] = pm[col].fillna(0.0)
+        out["classes"] = res_classes_empty()
+    for col in PM_COLUMNS:
+        if col not in pm:
+            pm[col] = 0.0
+        pm[col] = pm[col].fillna(0.0)
 
     from ._regt import regt_requirements  # noqa: PLC0415
 
@@ -91,9 +120,8 @@ def compute(
     res_acc = pd.DataFrame(index=all_ids)
     res_acc["account_type"] = atype
     res_acc["pm_requirement"] = pm["pm_requirement"]
-    for col in ("pm_scenario_risk", "pm_minimum_excess", "pm_contingency", "pm_concentration"):
-        if col in pm:
-            res_acc[col] = pm[col]
+    for col in PM_COLUMNS[:-1]:
+        res_acc[col] = pm[col]
     res_acc["regt_initial"] = regt["regt_initial"]
     res_acc["regt_maintenance"] = regt["regt_maintenance"]
     res_acc["nlv"] = nlv
@@ -106,7 +134,16 @@ def compute(
     out["accounts"] = res_acc.reset_index()
     out["rejects"] = rejects
     out["positions"] = p
+    out["_book"] = book  # for margin calls and liquidation plans (not a table)
     return out
+
+
+PM_COLUMNS = ["pm_scenario_risk", "pm_minimum_excess", "pm_contingency", "pm_concentration", "pm_requirement"]
+
+
+def res_classes_empty() -> pd.DataFrame:
+    return pd.DataFrame({"account_id": pd.Series(dtype=object), "underlying": pd.Series(dtype=object),
+                         "product_group": pd.Series(dtype=object), "class_risk": pd.Series(dtype=float)})
 
 
 def _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_ids):
