@@ -102,6 +102,7 @@ def margin_frames(
         res = grid_margin(book, market, meth, nlv, backend)
         pm = res.accounts.set_index("account_id").reindex(all_ids)
         out["classes"] = res.classes
+        out["_grid"] = res
     else:
         pm, out["scenario_pnl"] = _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_ids)
         out["classes"] = res_classes_empty()

@@ -116,8 +116,14 @@ def _per_group(meth: Methodology, groups: pd.Series, key: str) -> np.ndarray:
 
 @dataclass
 class GridResult:
+    """Account and class results, and the device arrays they came from (for liquidation plans)."""
+
     accounts: pd.DataFrame
     classes: pd.DataFrame
+    table: ScenarioTable | None = None
+    pnl: Any = None  # (n_positions, m) per-position scenario P/L, coverage applied, book.pos order
+    pnl_wide: Any = None  # the same under the concentration re-stress table (None when off)
+    wide_table: ScenarioTable | None = None
 
 
 def _masked_worst(xp: Any, loss: Any, valid: Any) -> tuple[Any, Any]:
@@ -175,6 +181,7 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
 
     thr = _per_group(meth, book.classes["product_group"], "concentration_threshold")
     concentration = xp.zeros((n_cls,), dtype=xp.float64)
+    pnl_w, wide = None, None
     if np.any(thr > 0):
         wide = grid_table(market, meth, wide=True)
         v0w, vw = option_values(book, wide, backend)
@@ -223,7 +230,7 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
     acc["pm_requirement"] = g["group_requirement"].sum() + acc["pm_contingency"] + acc["pm_concentration"]
     acc["worst_scenario"] = idx_max["product_group"] + ":" + idx_max["group_worst"].astype(str)
     acc.loc[acc["pm_scenario_risk"] <= 0.0, "worst_scenario"] = None
-    return GridResult(acc.reset_index(), classes)
+    return GridResult(acc.reset_index(), classes, table, pnl, pnl_w, wide)
 
 
 def scenario_pnl_by_account(book: Book, table: ScenarioTable, backend: Backend) -> Any:

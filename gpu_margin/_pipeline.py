@@ -1,0 +1,375 @@
+"""The overnight run: Dask partitions of whole accounts, margined on the chosen device.
+
+    plan    which rows of which files form each partition (whole accounts)
+    run     one Dask task per partition: read → validate → price → methodology
+            → Reg T → calls and liquidation → part files
+    finish  concatenate the parts in account order, write the manifest, rename
+            the finished directory into place
+
+Outputs are written under ``OUT.partial/`` and renamed into place only when
+complete, so a crashed run never leaves a directory that looks finished; a
+partition's part files are reused by ``--resume`` when the run's fingerprint
+(inputs, parameters) is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ._exceptions import JobError
+from ._job import Job
+from ._outputs import SCHEMAS, sha256_file, sort_table, to_table, write_table
+
+log = logging.getLogger("gpu_margin")
+
+TABLES = ("accounts", "classes", "rejects", "regt_legs", "margin_calls", "liquidation")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Rows of input files that form one partition: ``(file index, row indices or None = all)``."""
+
+    number: int
+    pieces: tuple[tuple[int, tuple[int, ...] | None], ...]
+    n_rows: int
+
+
+@dataclass
+class Plan:
+    files: list[Any]  # gpu_margin._io.InputFile
+    rows_per_file: list[int]
+    partitions: list[Partition]
+    how: str  # a sentence for the log and manifest
+
+
+def _account_ids(f: Any) -> np.ndarray:
+    from ._io import read_positions_file  # noqa: PLC0415
+
+    try:
+        schema = pq.read_schema(f.path)
+        if "account_id" in schema.names and not f.partition:
+            col = pq.read_table(f.path, columns=["account_id"]).column(0)
+            return col.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
+    except Exception:  # noqa: BLE001  (the full reader below gives the one-line error)
+        pass
+    frame, _ = read_positions_file(f)
+    return frame["account_id"].astype(object).to_numpy()
+
+
+def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | None = None) -> Plan:
+    """Partitions of whole accounts: the files themselves when no account spans two files
+    (and a file fits in a partition), otherwise a hash repartition by ``account_id``."""
+    from ._io import list_input_files  # noqa: PLC0415
+
+    files = list_input_files(positions)
+    ids = [_account_ids(f) for f in files]
+    rows = [len(a) for a in ids]
+    total = sum(rows)
+    sets = [set(pd.unique(a[pd.notna(a)])) for a in ids]
+    disjoint = sum(len(s) for s in sets) == len(set().union(*sets)) if sets else True
+    if n_partitions is None and disjoint and all(r <= partition_rows for r in rows):
+        parts = [Partition(i, ((i, None),), r) for i, r in enumerate(rows)]
+        return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts: one partition per file")
+    n = n_partitions or max(1, -(-total // partition_rows))
+    pieces: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in range(n)]
+    counts = [0] * n
+    for fi, a in enumerate(ids):
+        keys = pd.Series(a, dtype=object).fillna("").astype(str)
+        h = np.fromiter((zlib.crc32(k.encode()) for k in pd.unique(keys)), dtype=np.int64, count=keys.nunique())
+        code = pd.Index(pd.unique(keys)).get_indexer(keys)
+        bucket = (h % n)[code]
+        for b in range(n):  # partitions, not positions
+            sel = np.flatnonzero(bucket == b)
+            if sel.size:
+                pieces[b].append((fi, tuple(int(x) for x in sel)))
+                counts[b] += sel.size
+    parts = [Partition(i, tuple(pc), counts[i]) for i, pc in enumerate(pieces) if counts[i]]
+    why = "accounts span files" if not disjoint else "files are larger than partition_rows" if n_partitions is None \
+        else f"{n_partitions} partitions requested"
+    return Plan(files, rows, parts, f"{len(files)} file(s) repartitioned by account_id into {len(parts)} "
+                                    f"partition(s) ({why})")
+
+
+@dataclass
+class Context:
+    """What every partition task needs (small; shipped to workers)."""
+
+    job: Job
+    files: list[Any]
+    market: pd.DataFrame
+    accounts: pd.DataFrame
+    scenarios: pd.DataFrame | None
+    work: Path
+    device: str
+
+
+def run_partition(ctx: Context, part: Partition) -> dict[str, Any]:
+    """Margin one partition and write its part files; returns counts and stage timings."""
+    from ._backend import select_backend  # noqa: PLC0415
+    from ._calls import margin_calls_and_plans  # noqa: PLC0415
+    from ._compute import margin_frames  # noqa: PLC0415
+    from ._io import read_positions_file  # noqa: PLC0415
+    from ._methodology import load_methodology  # noqa: PLC0415
+    from ._validate import validate_positions  # noqa: PLC0415
+
+    done = ctx.work / "parts" / "done" / f"part-{part.number:05d}.json"
+    if done.exists():
+        return json.loads(done.read_text()) | {"resumed": True}
+    t = {}
+    t0 = time.perf_counter()
+    frames = []
+    for fi, rows in part.pieces:
+        df, _ = read_positions_file(ctx.files[fi])
+        frames.append(df if rows is None else df.iloc[list(rows)])
+    pos = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    t["read"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    valid, rejects = validate_positions(pos, ctx.market, asof=ctx.job.asof, rate=ctx.job.rate)
+    t["validate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    backend = select_backend(ctx.device)
+    meth = load_methodology(ctx.job.methodology)
+    ids = set(pos["account_id"].dropna().astype(str))
+    acc = ctx.accounts[ctx.accounts["account_id"].isin(ids)]
+    res = margin_frames(valid, rejects, ctx.market, acc, meth, backend, scenarios=ctx.scenarios,
+                        multipliers=ctx.job.multipliers, account_ids=ids)
+    t["margin"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    calls, plans = margin_calls_and_plans(res, meth, backend, asof=ctx.job.asof, due_days=ctx.job.due_days)
+    res["margin_calls"], res["liquidation"] = calls, plans
+    t["calls"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    names = list(TABLES) + (["scenario_pnl"] if "scenario_pnl" in res and ctx.job.scenario_pnl else [])
+    counts = {}
+    for name in names:
+        table = sort_table(name, to_table(name, res[name]))
+        write_table(table, ctx.work / "parts" / name / f"part-{part.number:05d}.parquet")
+        counts[name] = table.num_rows
+    t["write"] = time.perf_counter() - t0
+    summary = {"partition": part.number, "rows_in": len(pos), "valid": len(valid), "rejected": len(rejects),
+               "counts": counts, "seconds": t, "resumed": False}
+    done.parent.mkdir(parents=True, exist_ok=True)
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary))
+    tmp.rename(done)
+    return summary
+
+
+@contextlib.contextmanager
+def dask_scheduler(name: str, device: str):
+    """Yield ``compute(tasks) -> results`` for a scheduler name or a dask.distributed address."""
+    import dask  # noqa: PLC0415
+
+    if name in ("threads", "sync"):
+        def compute(tasks):
+            return dask.compute(*tasks, scheduler=name)
+
+        yield compute, f"dask local {'threaded' if name == 'threads' else 'synchronous'} scheduler"
+        return
+    from distributed import Client, LocalCluster  # noqa: PLC0415
+
+    if name == "processes":
+        cluster = None
+        if device == "gpu":
+            with contextlib.suppress(ImportError):
+                from dask_cuda import LocalCUDACluster  # noqa: PLC0415
+
+                cluster = LocalCUDACluster(ip="127.0.0.1", dashboard_address="127.0.0.1:0")
+        if cluster is None:
+            cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address="127.0.0.1:0")
+        with cluster, Client(cluster) as client:
+            yield (lambda tasks: client.gather(client.compute(list(tasks)))), \
+                f"dask.distributed {type(cluster).__name__} ({len(cluster.workers)} workers on 127.0.0.1)"
+        return
+    try:
+        client = Client(name, timeout="10s")
+    except OSError as exc:
+        raise JobError(f"--scheduler {name}: cannot reach the dask.distributed scheduler ({exc}); "
+                       "start it or pass --scheduler threads") from None
+    with client:
+        yield (lambda tasks: client.gather(client.compute(list(tasks)))), f"dask.distributed cluster at {name}"
+
+
+def _fingerprint(job: Job, input_digests: dict[str, str], plan: Plan) -> str:
+    doc = {"params": job.params(), "inputs": input_digests,
+           "plan": [(p.number, [(fi, len(r) if r else None) for fi, r in p.pieces]) for p in plan.partitions]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md  # noqa: PLC0415
+
+    out = {}
+    for pkg in ("gpu-margin", "numpy", "pandas", "pyarrow", "dask", "distributed", "numba", "cupy-cuda12x",
+                "exchange-calendars"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+@dataclass
+class RunResult:
+    out: Path
+    manifest: dict[str, Any]
+    accounts: pd.DataFrame
+    margin_calls: pd.DataFrame
+    liquidation: pd.DataFrame
+    seconds: float
+    device: str
+    scheduler: str
+    notes: list[str] = field(default_factory=list)
+
+
+def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions: int | None = None,
+            progress: bool | None = None) -> RunResult:
+    """Run a job end to end; see the module docstring."""
+    from ._backend import select_backend  # noqa: PLC0415
+    from ._io import read_accounts, read_market  # noqa: PLC0415
+    from ._methodology import load_methodology  # noqa: PLC0415
+    from ._scenarios import read_scenario_file  # noqa: PLC0415
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    out = Path(job.out)
+    if out.exists() and not force:
+        raise JobError(f"{out}: output directory exists; pass --force to replace it or choose another --out")
+    backend = select_backend(job.device)
+    log.info("device: %s", backend.description)
+    meth = load_methodology(job.methodology)  # fail fast on a bad methodology
+    if meth.kind == "scenarios" and job.scenarios is None:
+        raise JobError(f"{job.path or 'job'}: methodology {job.methodology!r} is a scenarios methodology; "
+                       "add scenarios = FILE to the job or pass --scenarios")
+
+    t0 = time.perf_counter()
+    market_in = read_market(job.market)
+    accounts_in = read_accounts(job.accounts)
+    scenarios = read_scenario_file(job.scenarios) if job.scenarios else None
+    plan = plan_partitions(job.positions, job.partition_rows, n_partitions)
+    log.info("partitions: %s", plan.how)
+    timings["plan"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    inputs = {str(f.path): sha256_file(f.path) for f in plan.files}
+    inputs[str(job.market)] = sha256_file(Path(job.market))
+    if job.accounts:
+        inputs[str(job.accounts)] = sha256_file(Path(job.accounts))
+    if job.scenarios:
+        inputs[str(job.scenarios)] = sha256_file(Path(job.scenarios))
+    timings["hash_inputs"] = time.perf_counter() - t0
+    fingerprint = _fingerprint(job, inputs, plan)
+
+    work = out.with_name(out.name + ".partial")
+    fp_file = work / "fingerprint"
+    if work.exists() and not (resume and fp_file.exists() and fp_file.read_text() == fingerprint):
+        if resume:
+            log.info("resume: %s is from other inputs or parameters; starting afresh", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    fp_file.write_text(fingerprint)
+
+    ctx = Context(job, plan.files, market_in.frame, accounts_in.frame, scenarios, work, job.device)
+    import dask  # noqa: PLC0415
+
+    tasks = [dask.delayed(run_partition, pure=False)(ctx, p, dask_key_name=f"partition-{p.number:05d}")
+             for p in plan.partitions]
+    t0 = time.perf_counter()
+    with dask_scheduler(job.scheduler, job.device) as (compute, sched_desc):
+        log.info("scheduler: %s", sched_desc)
+        show = sys.stderr.isatty() if progress is None else progress
+        if show and job.scheduler in ("threads", "sync"):
+            from dask.diagnostics import ProgressBar  # noqa: PLC0415
+
+            with ProgressBar(out=sys.stderr):
+                summaries = compute(tasks)
+        else:
+            summaries = compute(tasks)
+    timings["partitions_wall"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    final = work / "final"
+    if final.exists():
+        shutil.rmtree(final)
+    final.mkdir()
+    outputs = {}
+    tables: dict[str, pd.DataFrame] = {}
+    names = list(TABLES) + (["scenario_pnl"] if (work / "parts" / "scenario_pnl").exists() else [])
+    for name in names:
+        parts = sorted((work / "parts" / name).glob("part-*.parquet"))
+        table = pa.concat_tables([pq.read_table(p, schema=SCHEMAS[name]) for p in parts]) if parts \
+            else SCHEMAS[name].empty_table()
+        table = sort_table(name, table)
+        if name == "scenario_pnl":
+            target = final / "scenario_pnl" / "part-00000.parquet"
+        else:
+            target = final / f"{name}.parquet"
+        write_table(table, target)
+        outputs[str(target.relative_to(final))] = {"sha256": sha256_file(target), "rows": table.num_rows}
+        if name in ("accounts", "margin_calls", "liquidation"):
+            tables[name] = table.to_pandas()
+    timings["finish"] = time.perf_counter() - t0
+
+    rows_in = sum(s["rows_in"] for s in summaries)
+    valid = sum(s["valid"] for s in summaries)
+    rejected = sum(s["rejected"] for s in summaries)
+    stage = {k: float(sum(s["seconds"].get(k, 0.0) for s in summaries)) for k in
+             ("read", "validate", "margin", "calls", "write")}
+    elapsed = time.perf_counter() - t_start
+    manifest = {
+        "gpu_margin": _versions().get("gpu-margin"),
+        "job": str(job.path) if job.path else None,
+        "parameters": job.params(),
+        "methodology": meth.as_dict(),
+        "inputs": {k: {"sha256": v} for k, v in inputs.items()},
+        "input_files_rows": {str(f.path): r for f, r in zip(plan.files, plan.rows_per_file)},
+        "notes": list(market_in.notes) + list(accounts_in.notes),
+        "device": backend.description,
+        "scheduler": job.scheduler,
+        "partitions": {"count": len(plan.partitions), "how": plan.how,
+                       "resumed": sum(1 for s in summaries if s.get("resumed"))},
+        "counts": {"positions_in": rows_in, "positions_priced": valid, "positions_rejected": rejected,
+                   "reconciles": rows_in == valid + rejected == sum(plan.rows_per_file),
+                   "accounts_out": outputs["accounts.parquet"]["rows"],
+                   "margin_calls": outputs["margin_calls.parquet"]["rows"]},
+        "timings_seconds": {**timings, "stages_summed_over_partitions": stage, "total": elapsed},
+        "versions": _versions(),
+        "outputs": outputs,
+        "fingerprint": fingerprint,
+    }
+    if not manifest["counts"]["reconciles"]:  # pragma: no cover (a bug, not a user error)
+        raise RuntimeError(f"row counts do not reconcile: {rows_in} in, {valid} priced, {rejected} rejected")
+    (final / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    _replace_dir(final, out, force)
+    shutil.rmtree(work, ignore_errors=True)
+    return RunResult(out, manifest, tables["accounts"], tables["margin_calls"], tables["liquidation"],
+                     elapsed, backend.description, job.scheduler)
+
+
+def _replace_dir(src: Path, dst: Path, force: bool) -> None:
+    """Move the finished ``src`` to ``dst``; an existing ``dst`` is replaced only with ``force``."""
+    if dst.exists():
+        if not force:
+            raise JobError(f"{dst}: output directory exists; pass --force to replace it")
+        old = dst.with_name(dst.name + f".old-{os.getpid()}")
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old)
+    else:
+        src.rename(dst)
