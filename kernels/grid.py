@@ -137,7 +137,7 @@ def _european_grid(xp, call, spot, strike, t, vol, rate, q, shock_row, spot_shoc
     ln_fk = xp.log(spot / strike) + (rate - q) * t
     fk = xp.exp(ln_fk)
     k_dr = strike * xp.exp(-rate * t)
-    w = xp.where(call, 1.0, -1.0)
+    w = 2.0 * xp.astype(call, xp.float64) - 1.0
     u_tab = 1.0 + spot_shock
     ln_u_tab = xp.log(u_tab)
     out = []
