@@ -16,7 +16,7 @@ from typing import Any
 
 from ._exceptions import MethodologyError
 
-PRESETS = ("finra", "house", "span16")
+PRESETS = ("finra", "house", "span16", "scenarios")
 
 
 @dataclass(frozen=True)

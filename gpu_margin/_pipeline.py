@@ -39,6 +39,24 @@ from ._outputs import SCHEMAS, sha256_file, sort_table, to_table, write_table
 log = logging.getLogger("gpu_margin")
 
 TABLES = ("accounts", "classes", "rejects", "regt_legs", "margin_calls", "liquidation")
+SCENARIO_PNL_FILE_ROWS = 5_000_000
+
+
+def firm_pnl(scenario_pnl: pa.Table, index: pd.DataFrame | None) -> pa.Table:
+    """Firm-wide P/L per scenario × multiplier: the sum over accounts, with labels and weights."""
+    df = scenario_pnl.to_pandas()
+    g = df.groupby(["scenario_id", "multiplier"], sort=True)["pnl"].sum().reset_index()
+    if index is not None:
+        g = g.merge(index[["scenario_id", "multiplier", "weight", "label"]], on=["scenario_id", "multiplier"],
+                    how="left")
+    else:
+        g["weight"], g["label"] = 1.0, g["scenario_id"]
+    return pa.Table.from_pandas(g[["scenario_id", "multiplier", "label", "weight", "pnl"]], schema=FIRM_PNL_SCHEMA,
+                                preserve_index=False)
+
+
+FIRM_PNL_SCHEMA = pa.schema([("scenario_id", pa.string()), ("multiplier", pa.float64()), ("label", pa.string()),
+                             ("weight", pa.float64()), ("pnl", pa.float64())])
 
 
 @dataclass(frozen=True)
@@ -155,7 +173,7 @@ def run_partition(ctx: Context, part: Partition) -> dict[str, Any]:
     res["margin_calls"], res["liquidation"] = calls, plans
     t["calls"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    names = list(TABLES) + (["scenario_pnl"] if "scenario_pnl" in res and ctx.job.scenario_pnl else [])
+    names = list(TABLES) + (["scenario_pnl"] if "scenario_pnl" in res else [])
     counts = {}
     for name in names:
         table = sort_table(name, to_table(name, res[name]))
@@ -285,6 +303,12 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
     work.mkdir(parents=True, exist_ok=True)
     fp_file.write_text(fingerprint)
 
+    scenarios_index = None
+    if scenarios is not None:
+        from ._scenarios import joint_table  # noqa: PLC0415
+
+        # resolve once on the host: a bad selector fails here, before any partition runs
+        _, scenarios_index = joint_table(scenarios, market_in.frame, job.multipliers, source=str(job.scenarios))
     ctx = Context(job, plan.files, market_in.frame, accounts_in.frame, scenarios, work, job.device)
     import dask  # noqa: PLC0415
 
@@ -317,9 +341,18 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
             else SCHEMAS[name].empty_table()
         table = sort_table(name, table)
         if name == "scenario_pnl":
-            target = final / "scenario_pnl" / "part-00000.parquet"
-        else:
-            target = final / f"{name}.parquet"
+            # partitioned by rows in account order, independent of the run's partitions
+            for i, start in enumerate(range(0, max(table.num_rows, 1), SCENARIO_PNL_FILE_ROWS)):
+                target = final / "scenario_pnl" / f"part-{i:05d}.parquet"
+                write_table(table.slice(start, SCENARIO_PNL_FILE_ROWS), target)
+                outputs[str(target.relative_to(final))] = {"sha256": sha256_file(target),
+                                                           "rows": min(SCENARIO_PNL_FILE_ROWS, table.num_rows - start)}
+            firm = firm_pnl(table, scenarios_index)
+            target = final / "firm_pnl.parquet"
+            write_table(firm, target)
+            outputs["firm_pnl.parquet"] = {"sha256": sha256_file(target), "rows": firm.num_rows}
+            continue
+        target = final / f"{name}.parquet"
         write_table(table, target)
         outputs[str(target.relative_to(final))] = {"sha256": sha256_file(target), "rows": table.num_rows}
         if name in ("accounts", "margin_calls", "liquidation"):

@@ -233,9 +233,21 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
     return GridResult(acc.reset_index(), classes, table, pnl, pnl_w, wide)
 
 
-def scenario_pnl_by_account(book: Book, table: ScenarioTable, backend: Backend) -> Any:
-    """Account × scenario P/L ``(n_accounts, m)`` with full netting across underlyings (SPEC 5.2)."""
-    v0, v = option_values(book, table, backend)
-    pnl = position_pnl(book, table, v0, v, backend)
+def scenario_pnl_by_account(book: Book, table: ScenarioTable, backend: Backend, block: int = 64) -> Any:
+    """Account × scenario P/L ``(n_accounts, m)`` with full netting across underlyings (SPEC 5.2).
+
+    Scenarios are valued ``block`` columns at a time, so memory stays bounded
+    by ``positions × block`` whatever the number of scenarios.
+    """
+    xp = backend.xp
     acc = backend.asarray(book.pos["_acc"].to_numpy(np.int64))
-    return segment_sum(pnl, acc, len(book.accounts))
+    m = table.price_move.shape[1]
+    parts = []
+    for j0 in range(0, m, block):  # blocks of scenarios (not single scenarios)
+        sub = table.columns(slice(j0, min(m, j0 + block)))
+        v0, v = option_values(book, sub, backend)
+        pnl = position_pnl(book, sub, v0, v, backend)
+        parts.append(segment_sum(pnl, acc, len(book.accounts)))
+    if not parts:
+        return xp.zeros((len(book.accounts), 0), dtype=xp.float64)
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)

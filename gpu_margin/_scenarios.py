@@ -30,6 +30,11 @@ class ScenarioTable:
     labels: np.ndarray  # (k, m) object: scenario names
     vol_mode: str
 
+    def columns(self, cols: slice) -> "ScenarioTable":
+        """The table restricted to scenario columns ``cols``."""
+        return ScenarioTable(self.underlyings, self.price_move[:, cols], self.vol_shock[:, cols],
+                             self.coverage[:, cols], self.valid[:, cols], self.labels[:, cols], self.vol_mode)
+
 
 def group_points(p: GroupParams, down: np.ndarray, up: np.ndarray):
     """Grid scenarios of one product group for underlyings with ranges ``down``/``up`` ``(k,)``.
