@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._xp import as_bool, broadcast_float, namespace
-from .normal import mills_ratio_hart, norm_pdf
+from .normal import _ABS_MAX, mills_ratio_hart, norm_pdf
 
 _INV_SQRT_2PI = 0.3989422804014327
 
@@ -27,9 +27,19 @@ def _d1_d2(xp: Any, spot: Any, strike: Any, t: Any, vol: Any, rate: Any, q: Any)
     return d1, d1 - v, v, live, dr, dq
 
 
+def _sign(xp: Any, is_call: Any, like: Any) -> Any:
+    """+1.0 for calls, -1.0 for puts, float64 (broadcasts against ``like``).
+
+    (Not ``xp.where(call, 1.0, -1.0)``: the Array API allows at most one Python
+    scalar among ``where``'s operands, and ``array_api_strict`` enforces it.)
+    """
+    call = xp.astype(as_bool(xp, is_call, like=like), xp.float64)
+    return 2.0 * call - 1.0
+
+
 def _signed_cdf(xp: Any, d: Any, w: Any) -> Any:
     """Φ(w·d) for w = ±1, from one Hart evaluation."""
-    a = xp.abs(d)
+    a = xp.minimum(xp.abs(d), _ABS_MAX)  # huge |d| (a tiny σ√T) must not overflow Hart's polynomials
     tail = xp.exp(a * a * -0.5) * mills_ratio_hart(a)
     return xp.where(w * d > 0.0, 1.0 - tail, tail)
 
@@ -40,7 +50,7 @@ def bsm_price(
     """European option value per unit of underlying, broadcast over the inputs, float64."""
     xp = namespace(is_call, spot, strike, t, vol, rate, dividend_yield)
     spot, strike, t, vol, rate, q = broadcast_float(xp, spot, strike, t, vol, rate, dividend_yield)
-    w = xp.where(as_bool(xp, is_call, like=spot), 1.0, -1.0)
+    w = _sign(xp, is_call, spot)
     d1, d2, _, live, dr, dq = _d1_d2(xp, spot, strike, t, vol, rate, q)
     fwd_leg = spot * dq
     strike_leg = strike * dr
@@ -55,7 +65,7 @@ def bsm_delta(
     """∂V/∂S of the European value (per unit of underlying), float64."""
     xp = namespace(is_call, spot, strike, t, vol, rate, dividend_yield)
     spot, strike, t, vol, rate, q = broadcast_float(xp, spot, strike, t, vol, rate, dividend_yield)
-    w = xp.where(as_bool(xp, is_call, like=spot), 1.0, -1.0)
+    w = _sign(xp, is_call, spot)
     d1, _, _, live, dr, dq = _d1_d2(xp, spot, strike, t, vol, rate, q)
     itm = w * (spot * dq - strike * dr) > 0.0
     return xp.where(live, w * dq * _signed_cdf(xp, d1, w), xp.where(itm, w * dq, 0.0))

@@ -1,10 +1,12 @@
 """Implied volatility from option prices, vectorised, for European and American options.
 
 Safeguarded Newton on a bracket: every element keeps ``[lo, hi]`` with the
-model price below the target at ``lo`` and above it at ``hi``; a Newton step
-(European vega; a secant slope for American prices) that leaves the bracket is
-replaced by bisection. An element converges when its volatility moves by less
-than ``1e-10`` or its price matches to ``1e-12`` relative; elements whose price is
+model price below the target at ``lo`` and above it at ``hi``. The Newton step
+is taken on the logarithm of the price (slope: European vega / price; a secant
+of the log price for American prices), which converges on far out-of-the-money
+prices where Newton on the price itself creeps; a step that would leave the
+bracket is replaced by bisection. An element converges when its volatility moves
+by less than ``1e-10`` or its price matches to ``1e-12`` relative; elements whose price is
 outside the no-arbitrage bounds, or that do not converge in the iteration
 budget, come back ``nan`` with ``ok = False``.
 """
@@ -61,29 +63,34 @@ def implied_vol(
     vol = xp.clip(vol, VOL_MIN * 2, VOL_MAX / 2)
     done = ~valid
     prev_vol = vol
-    prev_f = None
+    prev_g = None
+    log_price = xp.log(xp.where(valid, price, 1.0))
     for _ in range(_MAX_ITER):
         p = model(vol)
         f = p - price
         above = f > 0.0
         hi = xp.where(above & ~done, vol, hi)
         lo = xp.where(~above & ~done, vol, lo)
-        vega = bsm_vega(call, spot, strike, t, vol, rate, q)
-        if prev_f is None:
-            slope = vega
-        else:
+        # Newton on log(price): the price of an option far out of the money behaves like
+        # exp(-c/σ²), on which plain Newton creeps (steps of σ³/2c) and never converges.
+        pos = p > 0.0
+        g = xp.log(xp.where(pos, p, 1.0)) - log_price
+        slope = bsm_vega(call, spot, strike, t, vol, rate, q) / xp.where(pos, p, 1.0)
+        if prev_g is not None:  # American prices: the secant of log(price)
             dv = vol - prev_vol
-            secant = (f - prev_f) / xp.where(dv != 0.0, dv, 1.0)
-            slope = xp.where(amer & (dv != 0.0) & (secant > 0.0), secant, vega)
-        step = f / xp.where(slope > 0.0, slope, 1.0)
-        newton = vol - step
-        ok_step = (slope > 0.0) & (newton > lo) & (newton < hi)
+            secant = (g - prev_g) / xp.where(dv != 0.0, dv, 1.0)
+            slope = xp.where(amer & (dv != 0.0) & (secant > 0.0), secant, slope)
+        # Newton only where its step stays within the bracket's width (|g| / slope would
+        # overflow where the slope is tiny, deep in the money); bisect elsewhere.
+        ok_step = pos & (slope > 0.0) & (xp.abs(g) < slope * (hi - lo))
+        newton = vol - g / xp.where(ok_step, slope, 1.0)
+        ok_step = ok_step & (newton > lo) & (newton < hi)
         new_vol = xp.where(ok_step, newton, 0.5 * (lo + hi))
         tiny_f = xp.abs(f) <= 1e-12 * xp.maximum(price, 1e-300)
         conv = tiny_f | (xp.abs(new_vol - vol) <= _VOL_TOL) | ((hi - lo) <= _VOL_TOL)
         newly = conv & ~done
         vol_final = xp.where(tiny_f, vol, new_vol)
-        prev_vol, prev_f = vol, f
+        prev_vol, prev_g = vol, g
         vol = xp.where(done, vol, vol_final)
         done = done | newly
         if bool(xp.all(done)):
