@@ -28,7 +28,7 @@ def command(name: str, help_text: str, add_arguments: Callable[[argparse.Argumen
 
 def _register() -> None:
     """Import the modules that define sub-commands (each calls :func:`command`)."""
-    from . import _commands, _demo, _replay_cli, _run_cli  # noqa: F401, PLC0415
+    from . import _bench_cli, _commands, _demo, _history, _replay_cli, _run_cli  # noqa: F401, PLC0415
 
 
 def build_parser() -> argparse.ArgumentParser:
