@@ -1,7 +1,9 @@
-"""``gpu-margin demo``: portfolio margin and Reg T of a small built-in sample book.
+"""``gpu-margin demo``: the overnight job on a built-in sample book.
 
-The sample is a handful of accounts, one per common strategy, priced as of a
-fixed date, so a newcomer sees the requirements side by side in a second.
+The sample book is written by ``gpu-margin synth`` into ``./sample`` the first
+time (20,000 positions, seed 1) and margined with the ``finra`` preset into
+``./sample/out``. :func:`sample_book` is a second, tiny book — one account per
+common strategy — for notebooks and tests.
 """
 
 from __future__ import annotations
@@ -52,26 +54,27 @@ def sample_book() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"], help="array backend")
-    parser.add_argument("--methodology", default="finra", help="preset name or methodology TOML (default finra)")
+    parser.add_argument("--dir", default="sample", help="where the sample book lives (default ./sample)")
+    parser.add_argument("--positions", type=int, default=20_000, help="size of the sample book if it is generated")
+    parser.add_argument("--device", default=None, choices=["auto", "cpu", "gpu"], help="array backend")
+    parser.add_argument("--quiet", action="store_true", help="no log lines")
 
 
-@command("demo", "Margin a built-in sample book (one account per strategy) and print the results.", _args)
+@command("demo", "Run the overnight job on a built-in sample book (generated on the fly if absent).", _args)
 def _demo(args: argparse.Namespace) -> int:
-    from ._backend import select_backend  # noqa: PLC0415
-    from ._compute import compute  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
 
-    backend = select_backend(args.device)
-    print(f"device: {backend.description}")
-    pos, market, accounts = sample_book()
-    res = compute(pos, market, accounts, asof=ASOF, rate=RATE, methodology=args.methodology, device=backend)
-    acc = res["accounts"]
-    cols = ["account_id", "account_type", "pm_requirement", "regt_initial", "regt_maintenance", "nlv", "excess",
-            "worst_scenario"]
-    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:,.2f}".format):
-        print(acc[cols].to_string(index=False))
-    short = acc[acc["excess"] < 0]
-    print(f"\n{len(acc)} accounts as of {ASOF} ({args.methodology}); total PM requirement "
-          f"{acc['pm_requirement'].sum():,.2f}, Reg T maintenance {acc['regt_maintenance'].sum():,.2f}; "
-          f"{len(short)} in deficit ({-short['excess'].sum():,.2f}); {len(res['rejects'])} rejected rows")
+    from ._job import load_job  # noqa: PLC0415
+    from ._pipeline import run_job  # noqa: PLC0415
+    from ._run_cli import configure_logging, print_summary  # noqa: PLC0415
+    from ._synth import write_book  # noqa: PLC0415
+
+    configure_logging(args.quiet)
+    book = Path(args.dir)
+    if not (book / "job.toml").exists():
+        summary = write_book(book, args.positions, seed=1)
+        print(f"sample book: {summary}")
+    job = load_job(book / "job.toml").with_overrides(out=book / "out", device=args.device)
+    res = run_job(job, force=True, progress=False)
+    print_summary(res)
     return 0
