@@ -46,13 +46,15 @@ def compute(
     scenarios: pd.DataFrame | None = None,
     multipliers: tuple[float, ...] = (1.0,),
     source: str = "positions",
+    due_days: int = 1,
 ) -> dict[str, pd.DataFrame]:
     """Margin every account of in-memory frames (SPEC section 9).
 
     Returns the result tables of SPEC section 7 as pandas frames: ``accounts``,
     ``classes``, ``rejects``, ``regt_legs`` (the Reg T strategy of every leg),
-    ``positions`` (the valid positions with model values), and ``scenario_pnl``
-    for a ``scenarios`` methodology.
+    ``positions`` (the valid positions with model values), ``margin_calls``
+    (due ``due_days`` NYSE sessions after ``asof``), ``liquidation``, and
+    ``scenario_pnl`` for a ``scenarios`` methodology.
     """
     from ._validate import validate_accounts, validate_market, validate_positions  # noqa: PLC0415
 
@@ -64,7 +66,14 @@ def compute(
                                  "account_type": pd.Series(dtype=str)})
     acc = validate_accounts(accounts, source="accounts")
     valid, rejects = validate_positions(positions, market, asof=_as_date(asof), rate=rate, source=source)
-    return margin_frames(valid, rejects, market, acc, meth, backend, scenarios=scenarios, multipliers=multipliers)
+    res = margin_frames(valid, rejects, market, acc, meth, backend, scenarios=scenarios, multipliers=multipliers)
+    if meth.kind == "scenarios":  # lets liquidation plans re-price the called accounts' positions exactly
+        res["_scenario_inputs"] = {"market": market, "scenarios": scenarios, "multipliers": multipliers}
+    from ._calls import margin_calls_and_plans  # noqa: PLC0415
+
+    res["margin_calls"], res["liquidation"] = margin_calls_and_plans(
+        res, meth, backend, asof=_as_date(asof), due_days=due_days)
+    return {k: v for k, v in res.items() if not k.startswith("_")}
 
 
 def margin_frames(
