@@ -11,17 +11,21 @@ import pandas as pd
 from ._backend import Backend, select_backend
 from ._methodology import Methodology, load_methodology
 from ._pm import Book, grid_margin, option_values, prepare_book, scenario_pnl_by_account
-from ._scenarios import joint_table
+from ._scenarios import grid_table, joint_table
 
 
 def _as_date(asof: Any) -> _dt.date:
     return pd.Timestamp(asof).date()
 
 
-def value_positions(book: Book, backend: Backend) -> pd.DataFrame:
-    """Add ``value0`` (model value per unit) and ``market_value`` (signed, for NLV) to the book."""
+def value_positions(book: Book, backend: Backend, v0: Any = None) -> pd.DataFrame:
+    """Add ``value0`` (model value per unit) and ``market_value`` (signed, for NLV) to the book.
+
+    ``v0``: the contracts' base values when already priced (device array).
+    """
     p = book.pos
-    v0, _ = option_values(book, None, backend)
+    if v0 is None:
+        v0, _ = option_values(book, None, backend)
     v0_h = backend.to_host(v0)
     con = p["_con"].to_numpy(np.int64)
     kind = p["kind"].to_numpy()
@@ -67,8 +71,6 @@ def compute(
     acc = validate_accounts(accounts, source="accounts")
     valid, rejects = validate_positions(positions, market, asof=_as_date(asof), rate=rate, source=source)
     res = margin_frames(valid, rejects, market, acc, meth, backend, scenarios=scenarios, multipliers=multipliers)
-    if meth.kind == "scenarios":  # lets liquidation plans re-price the called accounts' positions exactly
-        res["_scenario_inputs"] = {"market": market, "scenarios": scenarios, "multipliers": multipliers}
     from ._calls import margin_calls_and_plans  # noqa: PLC0415
 
     res["margin_calls"], res["liquidation"] = margin_calls_and_plans(
@@ -95,7 +97,14 @@ def margin_frames(
     """
     und_names = np.sort(market["underlying"].to_numpy(dtype=object))
     book = prepare_book(valid, und_names)
-    value_positions(book, backend)
+    grid_values = None
+    if meth.kind == "grid":
+        table = grid_table(market, meth)
+        v0, v = option_values(book, table, backend)
+        grid_values = (v0, v, table)
+        value_positions(book, backend, v0)
+    else:
+        value_positions(book, backend)
     p = book.pos
 
     if account_ids is None:
@@ -108,12 +117,14 @@ def margin_frames(
 
     out: dict[str, pd.DataFrame] = {}
     if meth.kind == "grid":
-        res = grid_margin(book, market, meth, nlv, backend)
+        res = grid_margin(book, market, meth, nlv, backend, values=grid_values)
         pm = res.accounts.set_index("account_id").reindex(all_ids)
         out["classes"] = res.classes
         out["_grid"] = res
     else:
         pm, out["scenario_pnl"] = _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_ids)
+        # lets liquidation plans re-price the called accounts' positions exactly
+        out["_scenario_inputs"] = {"market": market, "scenarios": scenarios, "multipliers": multipliers}
         out["classes"] = res_classes_empty()
     for col in PM_COLUMNS:
         if col not in pm:

@@ -47,12 +47,18 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
     classes = cls_frame.drop_duplicates().reset_index(drop=True)
     groups = pos[["account_id", "product_group"]].drop_duplicates().reset_index(drop=True)
     is_opt = (pos["kind"] == "option").to_numpy()
+    und_index = pd.Index(und_names)
     opt = pos.loc[is_opt, CONTRACT_KEY]
-    ccodes, _ = pd.MultiIndex.from_frame(opt).factorize(sort=True) if len(opt) else (np.zeros(0, np.int64), None)
+    # distinct contracts: np.unique over the rows of a numeric key matrix (sorted, deterministic)
+    key = np.column_stack([
+        und_index.get_indexer(opt["underlying"]).astype(np.float64),
+        *(opt[c].to_numpy(np.float64) for c in CONTRACT_KEY[1:]),
+    ]) if len(opt) else np.zeros((0, len(CONTRACT_KEY)))
+    _, first, ccodes = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    ccodes = ccodes.reshape(-1)
     contract_idx = np.full(len(pos), -1, dtype=np.int64)
     contract_idx[is_opt] = ccodes
-    contracts = opt.assign(_c=ccodes).drop_duplicates("_c").sort_values("_c").drop(columns="_c").reset_index(drop=True)
-    und_index = pd.Index(und_names)
+    contracts = opt.iloc[first].reset_index(drop=True)
     pos = pos.assign(
         _acc=acc_codes.astype(np.int64),
         _cls=cls_codes.astype(np.int64),
@@ -65,22 +71,27 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
 
 
 def option_values(book: Book, table: ScenarioTable | None, backend: Backend) -> tuple[Any, Any]:
-    """``(V0 (c,), V (c, m))`` per unit for every distinct option contract, on the device."""
-    xp = backend.xp
+    """``(V0 (c,), V (c, m))`` per unit for every distinct option contract, on the device.
+
+    One ``price_grid`` call: the base value is an extra zero-shock column, so an
+    American contract's exercise boundary is solved once for both.
+    """
     c = book.contracts
     args = [backend.asarray(c[col].to_numpy(dtype=dt)) for col, dt in (
         ("is_call", bool), ("spot", np.float64), ("strike", np.float64), ("t", np.float64),
         ("vol", np.float64), ("rate", np.float64), ("dividend_yield", np.float64))]
     amer = backend.asarray(c["american"].to_numpy(dtype=bool))
-    zero = backend.asarray(np.zeros((1, 1)))
-    v0 = price_grid(*args, amer, zero, zero)[:, 0]
     if table is None:
-        return v0, None
+        zero = backend.asarray(np.zeros((1, 1)))
+        return price_grid(*args, amer, zero, zero)[:, 0], None
+    k, m = table.price_move.shape
+    move = np.concatenate([table.price_move, np.zeros((k, 1))], axis=1)
+    vols = np.concatenate([table.vol_shock, np.zeros((k, 1))], axis=1)
     v = price_grid(
-        *args, amer, backend.asarray(table.price_move), backend.asarray(table.vol_shock),
+        *args, amer, backend.asarray(move), backend.asarray(vols),
         shock_row=backend.asarray(c["_und"].to_numpy(np.int64)), vol_mode=table.vol_mode,
     )
-    return v0, v
+    return v[:, m], v[:, :m]
 
 
 def position_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Backend) -> Any:
@@ -110,8 +121,9 @@ def position_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Bac
 
 def _per_group(meth: Methodology, groups: pd.Series, key: str) -> np.ndarray:
     """A group parameter for every row, by mapping the few distinct groups (no loop over rows)."""
-    table = {g: float(getattr(meth.group(g), key)) for g in pd.unique(groups)}
-    return groups.map(table).to_numpy(np.float64)
+    codes, uniques = pd.factorize(groups)
+    values = np.array([float(getattr(meth.group(g), key)) for g in uniques], dtype=np.float64)
+    return values[codes]
 
 
 @dataclass
@@ -133,12 +145,20 @@ def _masked_worst(xp: Any, loss: Any, valid: Any) -> tuple[Any, Any]:
     return xp.maximum(xp.max(masked, axis=1), 0.0), worst
 
 
-def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Series, backend: Backend) -> GridResult:
-    """The grid methodology (SPEC 5.1) for every account of ``book``."""
+def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Series, backend: Backend,
+                values: tuple[Any, Any, ScenarioTable] | None = None) -> GridResult:
+    """The grid methodology (SPEC 5.1) for every account of ``book``.
+
+    ``values`` is ``(V0, V, table)`` from :func:`option_values` when the caller
+    has priced the grid already.
+    """
     xp = backend.xp
     to_host = backend.to_host
-    table = grid_table(market, meth)
-    v0, v = option_values(book, table, backend)
+    if values is None:
+        table = grid_table(market, meth)
+        v0, v = option_values(book, table, backend)
+    else:
+        v0, v, table = values
     pnl = position_pnl(book, table, v0, v, backend)
     p = book.pos
     n_cls, n_grp = len(book.classes), len(book.groups)

@@ -1,0 +1,91 @@
+"""End-to-end benchmark of the overnight run on synthetic books.
+
+For each size: generate the book once (``gpu-margin synth``, cached under
+``--books``), then run ``gpu-margin run`` in a fresh process ``--repeat`` times
+and report the median wall time per stage, positions per second, and the
+peak resident memory of the run's process. The baseline, measured in the same
+run, is reading the positions files with pyarrow alone (the I/O floor).
+
+    python benchmarks/bench_pipeline.py --sizes 100000,1000000 [--methodology finra] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}; {os.cpu_count()} logical cores; Python {platform.python_version()}"
+
+
+def run_child(cmd: list[str]) -> tuple[float, float]:
+    """Run ``cmd``; return (wall seconds, peak RSS GiB of the child)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(cmd)}\n{proc.stderr.read().decode()}")
+    return wall, usage.ru_maxrss / 2**20  # KiB -> GiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--methodology", default="finra")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--books", default=os.path.join(tempfile.gettempdir(), "gpu-margin-books"))
+    ap.add_argument("--scheduler", default="threads")
+    args = ap.parse_args()
+    py = sys.executable
+    print(f"machine: {machine()}")
+    print(f"methodology {args.methodology}, scheduler {args.scheduler}, median of {args.repeat} runs per size")
+    header = (f"{'positions':>11s} {'read-only s':>11s} {'run s':>8s} {'x read':>7s} {'pos/s':>11s} "
+              f"{'peak GiB':>8s}  stages (s, summed over partitions): read validate margin calls write")
+    print(header)
+    for size in (int(s) for s in args.sizes.split(",")):
+        book = Path(args.books) / f"book-{size}"
+        if not (book / "job.toml").exists():
+            subprocess.run([py, "-m", "gpu_margin", "synth", "--out", str(book), "--positions", str(size),
+                            "--seed", "1", "--force"], check=True, stdout=subprocess.DEVNULL)
+        job = book / f"job-{args.methodology}.toml"
+        text = (book / "job.toml").read_text()
+        lines = [ln for ln in text.splitlines() if not ln.startswith("methodology")]
+        job.write_text("\n".join(lines + [f'methodology = "{args.methodology}"']) + "\n")
+        files = sorted((book / "positions").glob("*.parquet"))
+        read_code = ("import pyarrow.parquet as pq,sys; [pq.read_table(f) for f in sys.argv[1:]]")
+        reads = [run_child([py, "-c", read_code, *map(str, files)])[0] for _ in range(args.repeat)]
+        walls, peaks, manifests = [], [], []
+        for _ in range(args.repeat):
+            out = Path(tempfile.mkdtemp(prefix="gm-bench-")) / "out"
+            wall, peak = run_child([py, "-m", "gpu_margin", "run", str(job), "--out", str(out),
+                                    "--quiet", "--scheduler", args.scheduler])
+            walls.append(wall)
+            peaks.append(peak)
+            manifests.append(json.loads((out / "manifest.json").read_text()))
+            shutil.rmtree(out.parent)
+        wall = statistics.median(walls)
+        read = statistics.median(reads)
+        st = manifests[walls.index(sorted(walls)[len(walls) // 2])]["timings_seconds"]["stages_summed_over_partitions"]
+        stages = " ".join(f"{st[k]:.2f}" for k in ("read", "validate", "margin", "calls", "write"))
+        print(f"{size:11,d} {read:11.2f} {wall:8.2f} {wall / read:7.1f} {size / wall:11,.0f} {max(peaks):8.2f}  {stages}")
+
+
+if __name__ == "__main__":
+    main()

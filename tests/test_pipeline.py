@@ -1,0 +1,182 @@
+"""The overnight run end to end: determinism, partitions, schedulers, resume, atomic outputs."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gpu_margin._backend import Backend, select_backend
+from gpu_margin._compute import margin_frames
+from gpu_margin._demo import sample_book
+from gpu_margin._job import load_job
+from gpu_margin._methodology import load_methodology
+from gpu_margin._validate import validate_accounts, validate_market, validate_positions
+
+RESULT_FILES = ["accounts.parquet", "classes.parquet", "rejects.parquet", "regt_legs.parquet",
+                "margin_calls.parquet", "liquidation.parquet"]
+
+
+def random_book(n_accounts=40, seed=0):
+    """Positions of several archetypes over the sample market, with some bad rows."""
+    pos0, market, _ = sample_book()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for a in range(n_accounts):
+        acc = f"ACC{a:04d}"
+        for _ in range(rng.integers(1, 7)):
+            u = rng.choice(market["underlying"].to_numpy())
+            spot = float(market.set_index("underlying").loc[u, "spot"])
+            if rng.random() < 0.3:
+                rows.append((acc, u, "stock", None, None, None, float(rng.integers(-300, 300) or 100)))
+            else:
+                strike = float(np.round(spot * rng.uniform(0.85, 1.15)))
+                exp = pd.Timestamp("2024-03-15") + pd.Timedelta(days=int(rng.integers(5, 400)))
+                rows.append((acc, u, "option", "C" if rng.random() < 0.5 else "P", strike, exp,
+                             float(rng.integers(-5, 6) or -1)))
+    pos = pd.DataFrame(rows, columns=pos0.columns)
+    pos["expiry"] = pd.to_datetime(pos["expiry"])
+    pos.loc[3, "strike"] = -5.0  # a reject
+    pos.loc[7, "underlying"] = "NOPE"  # another
+    accounts = pd.DataFrame({"account_id": [f"ACC{a:04d}" for a in range(n_accounts)],
+                             "cash": rng.uniform(-2e4, 2e5, n_accounts),
+                             "account_type": np.where(rng.random(n_accounts) < 0.3, "regt", "portfolio")})
+    return pos, market, accounts
+
+
+@pytest.fixture(scope="module")
+def book_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("book")
+    pos, market, accounts = random_book()
+    (d / "positions").mkdir()
+    ids = sorted(pos["account_id"].unique())
+    for i, chunk in enumerate(np.array_split(np.array(ids, dtype=object), 3)):
+        pos[pos["account_id"].isin(chunk)].to_parquet(d / "positions" / f"part-{i}.parquet")
+    market.to_parquet(d / "market.parquet")
+    accounts.to_parquet(d / "accounts.parquet")
+    (d / "job.toml").write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "positions"\n'
+                                'market = "market.parquet"\naccounts = "accounts.parquet"\n'
+                                'methodology = "house"\nout = "out"\n')
+    return d
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "gpu_margin", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def run(book_dir, out, *extra):
+    res = cli("run", book_dir / "job.toml", "--out", out, "--quiet", *extra)
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def same_files(a: Path, b: Path):
+    return all(filecmp.cmp(a / f, b / f, shallow=False) for f in RESULT_FILES)
+
+
+def tables(out: Path):
+    return {f: pd.read_parquet(out / f) for f in RESULT_FILES}
+
+
+def assert_equal_results(a: Path, b: Path):
+    ta, tb = tables(a), tables(b)
+    for f in RESULT_FILES:
+        pd.testing.assert_frame_equal(ta[f], tb[f], rtol=1e-9, check_dtype=True)
+
+
+def test_rerun_is_byte_identical_and_manifest_reconciles(book_dir, tmp_path):
+    a = run(book_dir, tmp_path / "a")
+    b = run(book_dir, tmp_path / "b")
+    assert same_files(a, b)
+    m = json.loads((a / "manifest.json").read_text())
+    c = m["counts"]
+    assert c["reconciles"] and c["positions_in"] == c["positions_priced"] + c["positions_rejected"]
+    assert c["positions_rejected"] == 2
+    acc = pd.read_parquet(a / "accounts.parquet")
+    assert acc["has_rejects"].sum() == 2
+    for name, info in m["outputs"].items():
+        from gpu_margin._outputs import sha256_file
+
+        assert sha256_file(a / name) == info["sha256"]
+
+
+@pytest.mark.parametrize("parts", [1, 4, 16])
+def test_partition_count_does_not_change_results(book_dir, tmp_path, parts):
+    ref = run(book_dir, tmp_path / "ref")
+    other = run(book_dir, tmp_path / f"p{parts}", "--partitions", parts)
+    assert_equal_results(ref, other)
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "processes"])
+def test_schedulers_agree(book_dir, tmp_path, scheduler):
+    ref = run(book_dir, tmp_path / "ref")
+    other = run(book_dir, tmp_path / scheduler, "--scheduler", scheduler, "--partitions", 3)
+    assert_equal_results(ref, other)
+
+
+def test_existing_output_is_not_overwritten_without_force(book_dir, tmp_path):
+    out = run(book_dir, tmp_path / "o")
+    before = {f: (out / f).read_bytes() for f in RESULT_FILES}
+    res = cli("run", book_dir / "job.toml", "--out", out, "--quiet")
+    assert res.returncode == 2 and "--force" in res.stderr and "Traceback" not in res.stderr
+    assert {f: (out / f).read_bytes() for f in RESULT_FILES} == before
+    run(book_dir, out, "--force")
+
+
+def test_resume_after_a_crash_gives_the_clean_result(book_dir, tmp_path):
+    from gpu_margin import _pipeline
+
+    clean = run(book_dir, tmp_path / "clean")
+    # the synchronous scheduler runs one partition at a time: some finish before 2 dies
+    job = load_job(book_dir / "job.toml").with_overrides(out=tmp_path / "crash", scheduler="sync")
+    real = _pipeline.run_partition
+    calls = {"n": 0}
+
+    def dies_on_third(ctx, part):
+        calls["n"] += 1
+        if part.number == 2:
+            raise RuntimeError("killed")
+        return real(ctx, part)
+
+    _pipeline.run_partition = dies_on_third
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            _pipeline.run_job(job, n_partitions=4, progress=False)
+    finally:
+        _pipeline.run_partition = real
+    assert not (tmp_path / "crash").exists()  # nothing that looks complete
+    finished = list((tmp_path / "crash.partial" / "parts" / "done").glob("*.json"))
+    assert finished
+    res = _pipeline.run_job(job, resume=True, n_partitions=4, progress=False)
+    assert res.manifest["partitions"]["resumed"] == len(finished)
+    assert_equal_results(clean, tmp_path / "crash")
+
+
+def test_numpy_and_array_api_strict_agree():
+    import array_api_strict
+
+    pos, market, accounts = random_book(n_accounts=12, seed=3)
+    market = validate_market(market)
+    acc = validate_accounts(accounts)
+    valid, rejects = validate_positions(pos, market, asof="2024-03-15", rate=0.05)
+    meth = load_methodology("house")
+    a = margin_frames(valid, rejects, market, acc, meth, select_backend("cpu"))
+    strict = Backend("array_api_strict", array_api_strict, "array-api-strict (tests)")
+    b = margin_frames(valid, rejects, market, acc, meth, strict)
+    pd.testing.assert_frame_equal(a["accounts"], b["accounts"], rtol=1e-9)
+    pd.testing.assert_frame_equal(a["classes"], b["classes"], rtol=1e-9)
+
+
+def test_bad_job_key_is_one_line(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "p"\nmarket = "m.parquet"\nmethodlogy = "finra"\n')
+    res = cli("run", job)
+    assert res.returncode == 2
+    assert "methodlogy" in res.stderr and res.stderr.count("\n") == 1
