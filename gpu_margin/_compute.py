@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,9 @@ from ._backend import Backend, select_backend
 from ._methodology import Methodology, load_methodology
 from ._pm import Book, grid_margin, option_values, prepare_book, scenario_pnl_by_account
 from ._scenarios import grid_table, joint_table
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def _as_date(asof: Any) -> _dt.date:
@@ -75,6 +79,8 @@ def compute(
 
     res["margin_calls"], res["liquidation"] = margin_calls_and_plans(
         res, meth, backend, asof=_as_date(asof), due_days=due_days)
+    if "_scenario_pnl" in res:
+        res["scenario_pnl"] = res["_scenario_pnl"].frame()
     return {k: v for k, v in res.items() if not k.startswith("_")}
 
 
@@ -122,7 +128,7 @@ def margin_frames(
         out["classes"] = res.classes
         out["_grid"] = res
     else:
-        pm, out["scenario_pnl"] = _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_ids)
+        pm, out["_scenario_pnl"] = _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_ids)
         # lets liquidation plans re-price the called accounts' positions exactly
         out["_scenario_inputs"] = {"market": market, "scenarios": scenarios, "multipliers": multipliers}
         out["classes"] = res_classes_empty()
@@ -167,25 +173,57 @@ def res_classes_empty() -> pd.DataFrame:
                          "product_group": pd.Series(dtype=object), "class_risk": pd.Series(dtype=float)})
 
 
+@dataclass
+class ScenarioPnl:
+    """Account × scenario P/L of a joint-scenario run: ``matrix`` ``(n_accounts, m)`` on the host."""
+
+    matrix: np.ndarray
+    accounts: np.ndarray  # account ids, row order
+    index: pd.DataFrame  # scenario_id, multiplier, weight, label per column
+
+    def frame(self) -> pd.DataFrame:
+        """Long form: ``account_id, scenario_id, multiplier, pnl`` (account major)."""
+        n, m = self.matrix.shape
+        return pd.DataFrame({
+            "account_id": np.repeat(self.accounts, m),
+            "scenario_id": np.tile(self.index["scenario_id"].to_numpy(object), n),
+            "multiplier": np.tile(self.index["multiplier"].to_numpy(np.float64), n),
+            "pnl": self.matrix.reshape(-1),
+        })
+
+    def arrow(self) -> "pa.Table":
+        """The long form as Arrow with dictionary-encoded ids (no per-row Python objects)."""
+        import pyarrow as pa  # noqa: PLC0415
+
+        n, m = self.matrix.shape
+        acc = pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(n, dtype=np.int32), m)),
+                                             pa.array(self.accounts.astype(str), type=pa.string()))
+        sid = pa.DictionaryArray.from_arrays(pa.array(np.tile(np.arange(m, dtype=np.int32), n)),
+                                             pa.array(self.index["scenario_id"].astype(str).to_numpy(object),
+                                                      type=pa.string()))
+        return pa.table({"account_id": acc, "scenario_id": sid,
+                         "multiplier": np.tile(self.index["multiplier"].to_numpy(np.float64), n),
+                         "pnl": self.matrix.reshape(-1)})
+
+
 def _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_ids):
+    """Joint-scenario risk per account (SPEC 5.2): ``max(0, max_s −weight_s·P/L_s)``, on the device."""
     if scenarios is None:
         from ._exceptions import JobError  # noqa: PLC0415
 
         raise JobError("a 'scenarios' methodology needs a scenario file; pass --scenarios FILE")
+    xp = backend.xp
     table, index = joint_table(scenarios, market, multipliers, vol_mode=meth.defaults.vol_shock_mode)
-    pnl = backend.to_host(scenario_pnl_by_account(book, table, backend))  # (n_acc, m)
-    w = index["weight"].to_numpy(np.float64)
-    loss = -(pnl * w[None, :])
-    worst = np.argmax(loss, axis=1) if loss.shape[1] else np.zeros(len(book.accounts), np.int64)
-    risk = np.maximum(loss.max(axis=1), 0.0) if loss.shape[1] else np.zeros(len(book.accounts))
+    pnl = scenario_pnl_by_account(book, table, backend)  # (n_acc, m) on the device
+    n_acc, m = len(book.accounts), len(index)
+    if m and n_acc:
+        loss = -(pnl * backend.asarray(index["weight"].to_numpy(np.float64))[None, :])
+        worst = backend.to_host(xp.argmax(loss, axis=1))
+        risk = backend.to_host(xp.maximum(xp.max(loss, axis=1), 0.0))
+    else:
+        worst, risk = np.zeros(n_acc, np.int64), np.zeros(n_acc)
+    names = (index["scenario_id"].astype(str) + "x" + index["multiplier"].map("{:g}".format)).to_numpy(object)
     pm = pd.DataFrame({"pm_scenario_risk": risk, "pm_requirement": risk,
-                       "worst_scenario": np.where(risk > 0, (index["scenario_id"].to_numpy(object)[worst] + "x" +
-                                                            index["multiplier"].map("{:g}".format).to_numpy(object)[worst]), None)},
+                       "worst_scenario": np.where(risk > 0, names[worst] if m else None, None)},
                       index=pd.Index(book.accounts, name="account_id")).reindex(all_ids)
-    spnl = pd.DataFrame({
-        "account_id": np.repeat(book.accounts, len(index)),
-        "scenario_id": np.tile(index["scenario_id"].to_numpy(object), len(book.accounts)),
-        "multiplier": np.tile(index["multiplier"].to_numpy(np.float64), len(book.accounts)),
-        "pnl": pnl.reshape(-1),
-    })
-    return pm, spnl
+    return pm, ScenarioPnl(backend.to_host(pnl), np.asarray(book.accounts, dtype=object), index)

@@ -32,7 +32,6 @@ class Job:
     scheduler: str = "threads"
     scenarios: Path | None = None
     multipliers: tuple[float, ...] = (1.0,)
-    scenario_pnl: bool = False
     partition_rows: int = 500_000
     due_days: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
@@ -45,7 +44,7 @@ class Job:
         return {
             "asof": self.asof.isoformat(), "rate": self.rate, "methodology": self.methodology,
             "device": self.device, "scheduler": self.scheduler, "multipliers": list(self.multipliers),
-            "scenario_pnl": self.scenario_pnl, "partition_rows": self.partition_rows, "due_days": self.due_days,
+            "partition_rows": self.partition_rows, "due_days": self.due_days,
             "scenarios": str(self.scenarios) if self.scenarios else None,
         }
 
@@ -62,7 +61,6 @@ _KEYS = {
     "scheduler": "threads, sync, processes or tcp://HOST:PORT",
     "scenarios": "a path to a scenario file (Parquet or CSV)",
     "multipliers": "a list of positive numbers, e.g. [1, 2, 5]",
-    "scenario_pnl": "true or false",
     "partition_rows": "a positive integer (positions per partition)",
     "due_days": "a non-negative integer (business days until a margin call is due)",
 }
@@ -137,10 +135,6 @@ def parse_job(doc: dict[str, Any], path: Path | None = None) -> Job:
                                                        for x in ms):
             raise bad("multipliers")
         kw["multipliers"] = tuple(float(x) for x in ms)
-    if "scenario_pnl" in doc:
-        if not isinstance(doc["scenario_pnl"], bool):
-            raise bad("scenario_pnl")
-        kw["scenario_pnl"] = doc["scenario_pnl"]
     for key in ("partition_rows", "due_days"):
         if key in doc:
             v = doc[key]

@@ -39,20 +39,14 @@ from ._outputs import SCHEMAS, sha256_file, sort_table, to_table, write_table
 log = logging.getLogger("gpu_margin")
 
 TABLES = ("accounts", "classes", "rejects", "regt_legs", "margin_calls", "liquidation")
-SCENARIO_PNL_FILE_ROWS = 5_000_000
 
 
-def firm_pnl(scenario_pnl: pa.Table, index: pd.DataFrame | None) -> pa.Table:
-    """Firm-wide P/L per scenario × multiplier: the sum over accounts, with labels and weights."""
-    df = scenario_pnl.to_pandas()
-    g = df.groupby(["scenario_id", "multiplier"], sort=True)["pnl"].sum().reset_index()
-    if index is not None:
-        g = g.merge(index[["scenario_id", "multiplier", "weight", "label"]], on=["scenario_id", "multiplier"],
-                    how="left")
-    else:
-        g["weight"], g["label"] = 1.0, g["scenario_id"]
-    return pa.Table.from_pandas(g[["scenario_id", "multiplier", "label", "weight", "pnl"]], schema=FIRM_PNL_SCHEMA,
-                                preserve_index=False)
+def firm_pnl(partition_sums: list[list[float] | None], index: pd.DataFrame) -> pa.Table:
+    """Firm-wide P/L per scenario × multiplier: the partitions' account sums added in partition order."""
+    sums = [np.asarray(s, dtype=np.float64) for s in partition_sums if s is not None]
+    total = np.sum(sums, axis=0) if sums else np.zeros(len(index))
+    df = index[["scenario_id", "multiplier", "label", "weight"]].assign(pnl=total)
+    return pa.Table.from_pandas(df, schema=FIRM_PNL_SCHEMA, preserve_index=False)
 
 
 FIRM_PNL_SCHEMA = pa.schema([("scenario_id", pa.string()), ("multiplier", pa.float64()), ("label", pa.string()),
@@ -173,15 +167,20 @@ def run_partition(ctx: Context, part: Partition) -> dict[str, Any]:
     res["margin_calls"], res["liquidation"] = calls, plans
     t["calls"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    names = list(TABLES) + (["scenario_pnl"] if "scenario_pnl" in res else [])
     counts = {}
-    for name in names:
+    for name in TABLES:
         table = sort_table(name, to_table(name, res[name]))
         write_table(table, ctx.work / "parts" / name / f"part-{part.number:05d}.parquet")
         counts[name] = table.num_rows
+    firm = None
+    if "_scenario_pnl" in res:  # written in its final form: one file per partition, accounts in order
+        sp = res["_scenario_pnl"]
+        write_table(sp.arrow(), ctx.work / "parts" / "scenario_pnl" / f"part-{part.number:05d}.parquet")
+        counts["scenario_pnl"] = int(sp.matrix.size)
+        firm = sp.matrix.sum(axis=0).tolist()
     t["write"] = time.perf_counter() - t0
     summary = {"partition": part.number, "rows_in": len(pos), "valid": len(valid), "rejected": len(rejects),
-               "counts": counts, "seconds": t, "resumed": False}
+               "counts": counts, "seconds": t, "resumed": False, "firm_pnl": firm}
     done.parent.mkdir(parents=True, exist_ok=True)
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary))
@@ -334,29 +333,28 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
     final.mkdir()
     outputs = {}
     tables: dict[str, pd.DataFrame] = {}
-    names = list(TABLES) + (["scenario_pnl"] if (work / "parts" / "scenario_pnl").exists() else [])
-    for name in names:
+    for name in TABLES:
         parts = sorted((work / "parts" / name).glob("part-*.parquet"))
         table = pa.concat_tables([pq.read_table(p, schema=SCHEMAS[name]) for p in parts]) if parts \
             else SCHEMAS[name].empty_table()
         table = sort_table(name, table)
-        if name == "scenario_pnl":
-            # partitioned by rows in account order, independent of the run's partitions
-            for i, start in enumerate(range(0, max(table.num_rows, 1), SCENARIO_PNL_FILE_ROWS)):
-                target = final / "scenario_pnl" / f"part-{i:05d}.parquet"
-                write_table(table.slice(start, SCENARIO_PNL_FILE_ROWS), target)
-                outputs[str(target.relative_to(final))] = {"sha256": sha256_file(target),
-                                                           "rows": min(SCENARIO_PNL_FILE_ROWS, table.num_rows - start)}
-            firm = firm_pnl(table, scenarios_index)
-            target = final / "firm_pnl.parquet"
-            write_table(firm, target)
-            outputs["firm_pnl.parquet"] = {"sha256": sha256_file(target), "rows": firm.num_rows}
-            continue
         target = final / f"{name}.parquet"
         write_table(table, target)
         outputs[str(target.relative_to(final))] = {"sha256": sha256_file(target), "rows": table.num_rows}
         if name in ("accounts", "margin_calls", "liquidation"):
             tables[name] = table.to_pandas()
+    sp_parts = sorted((work / "parts" / "scenario_pnl").glob("part-*.parquet"))
+    if sp_parts:
+        (final / "scenario_pnl").mkdir()
+        for i, src in enumerate(sp_parts):  # partitions hold disjoint accounts
+            target = final / "scenario_pnl" / f"part-{i:05d}.parquet"
+            shutil.copyfile(src, target)
+            outputs[str(target.relative_to(final))] = {"sha256": sha256_file(target),
+                                                       "rows": pq.ParquetFile(target).metadata.num_rows}
+        firm = firm_pnl([s["firm_pnl"] for s in sorted(summaries, key=lambda s: s["partition"])], scenarios_index)
+        target = final / "firm_pnl.parquet"
+        write_table(firm, target)
+        outputs["firm_pnl.parquet"] = {"sha256": sha256_file(target), "rows": firm.num_rows}
     timings["finish"] = time.perf_counter() - t0
 
     rows_in = sum(s["rows_in"] for s in summaries)
