@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,14 +16,6 @@ from gpu_margin.kernels.grid import BLOCK_ELEMENTS, VOL_FLOOR
 # bsm_price's differ in the last bits of a tiny difference) get an absolute floor of 1e-14·S.
 RTOL = 1e-12
 ATOL_PER_SPOT = 1e-14
-
-# american.py warns (numpy RuntimeWarning) at some low vols; pinned as a defect in
-# test_implied_vol.py::test_american_price_is_silent_at_the_bracket_vols. On NumPy such
-# warnings are ignored only when raised in that module, so grid.py's own code stays under
-# filterwarnings=error; on array_api_strict a warning is attributed to that package instead,
-# so grids with American rows are computed there with RuntimeWarnings ignored (the NumPy run
-# of the same test still guards grid.py).
-_american_may_warn = pytest.mark.filterwarnings("ignore::RuntimeWarning:gpu_margin.kernels.american")
 
 
 def _is_numpy(xp) -> bool:
@@ -60,12 +50,6 @@ def _tables(seed: int, k: int, m: int, vol_mode: str) -> tuple[np.ndarray, np.nd
     return spot_shock, vol_shock
 
 
-def _american_quiet(*args):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return american_price(*args)
-
-
 def expected_grid(b, spot_shock, vol_shock, shock_row, vol_mode, vol_floor=VOL_FLOOR):
     """The pricers at the shocked inputs, elementwise, in NumPy: ``(n, m)``."""
     row = np.zeros(b["spot"].shape[0], dtype=np.int64) if shock_row is None else shock_row
@@ -77,17 +61,14 @@ def expected_grid(b, spot_shock, vol_shock, shock_row, vol_mode, vol_floor=VOL_F
     args = (call, s, col(b["strike"]), col(b["t"]), sig, col(b["rate"]), col(b["q"]))
     out = bsm_price(*args)
     if b["american"].any():
-        out = np.where(col(b["american"]), _american_quiet(*args), out)
+        out = np.where(col(b["american"]), american_price(*args), out)
     return out
 
 
 def run_grid(xp, b, spot_shock, vol_shock, shock_row=None, **kw):
     args = [to_xp(xp, b[k]) for k in ("is_call", "spot", "strike", "t", "vol", "rate", "q", "american")]
     row = None if shock_row is None else to_xp(xp, shock_row)
-    with warnings.catch_warnings():
-        if b["american"].any() and not _is_numpy(xp):
-            warnings.simplefilter("ignore", RuntimeWarning)
-        out = price_grid(*args, to_xp(xp, spot_shock), to_xp(xp, vol_shock), shock_row=row, **kw)
+    out = price_grid(*args, to_xp(xp, spot_shock), to_xp(xp, vol_shock), shock_row=row, **kw)
     return to_np(out)
 
 
@@ -162,7 +143,6 @@ def test_vol_floor(xp, fused, vol_mode):
         assert_grid_close(got, expected_grid(b, ss, vs, None, vol_mode, vol_floor=floor), b)
 
 
-@_american_may_warn
 @pytest.mark.parametrize("vol_mode", ["relative", "absolute"])
 def test_mixed_european_and_american(xp, vol_mode):
     n = 150 if _is_numpy(xp) else 40  # American pricing is slow on array_api_strict
@@ -182,7 +162,6 @@ def test_mixed_european_and_american(xp, vol_mode):
     assert_grid_close(got[never], euro, sub, "american = european")
 
 
-@_american_may_warn
 def test_american_only_with_expired_rows(xp):
     n = 120 if _is_numpy(xp) else 30
     b = _book(16, n, american=1.0, expired=0.2)
@@ -191,7 +170,6 @@ def test_american_only_with_expired_rows(xp):
     assert_grid_close(got, expected_grid(b, ss, vs, None, "relative"), b, "american")
 
 
-@_american_may_warn
 @pytest.mark.parametrize("block_elements", [1, 7, 100, 10**7])
 def test_block_size_does_not_change_results(xp, fused, block_elements):
     b = _book(18, 90, american=0.3, expired=0.1)
@@ -202,7 +180,6 @@ def test_block_size_does_not_change_results(xp, fused, block_elements):
     np.testing.assert_array_equal(got, ref)
 
 
-@_american_may_warn
 def test_row_order_is_kept_for_mixed_styles():
     """Each contract's row is its own: the same grid with the contracts permuted, permuted."""
     b = _book(21, 60, american=0.5)

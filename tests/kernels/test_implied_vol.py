@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -15,31 +13,6 @@ from gpu_margin.kernels import american_price, bsm_price, implied_vol
 
 _iv_module = sys.modules["gpu_margin.kernels.implied_vol"]
 VOL_MIN, VOL_MAX = _iv_module.VOL_MIN, _iv_module.VOL_MAX
-
-# american_price emits numpy RuntimeWarnings at the solver's bracket vols (1e-4); that is a
-# defect of kernels/american.py, pinned by test_american_price_is_silent_at_the_bracket_vols
-# below. So that the round trips still check the *solver* under filterwarnings=error, the
-# `quiet_american` fixture silences warnings raised inside american_price calls only (a module
-# filter cannot do it: on array_api_strict the warning is attributed to that package).
-
-
-def _quiet(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-_american = _quiet(american_price)
-
-
-@pytest.fixture
-def quiet_american(monkeypatch):
-    monkeypatch.setattr(_iv_module, "american_price", _american)
-    monkeypatch.setattr(sys.modules["gpu_margin._api"], "american_price", _american)
 
 
 def _contracts(seed: int, n: int) -> dict[str, np.ndarray]:
@@ -58,7 +31,7 @@ def _contracts(seed: int, n: int) -> dict[str, np.ndarray]:
 
 
 def _pricer(american: bool):
-    return _american if american else bsm_price
+    return american_price if american else bsm_price
 
 
 def _model(c, vol, american):
@@ -125,7 +98,6 @@ def test_round_trip_european(xp):
     _check_round_trip(c, price, to_np(vol), to_np(ok), american=False)
 
 
-@pytest.mark.usefixtures("quiet_american")
 def test_round_trip_american():
     c = _contracts(12, 400)
     price = _model(c, c["vol"], american=True)
@@ -133,7 +105,6 @@ def test_round_trip_american():
     _check_round_trip(c, price, vol, ok, american=True)
 
 
-@pytest.mark.usefixtures("quiet_american")
 def test_round_trip_mixed_styles():
     """A per-row ``american`` flag: each row is inverted with its own model."""
     n = 200
@@ -147,7 +118,6 @@ def test_round_trip_mixed_styles():
         _check_round_trip(sub, price[rows], vol[rows], ok[rows], american=style)
 
 
-@pytest.mark.usefixtures("quiet_american")
 def test_round_trip_hand_picked(xp):
     """Ordinary contracts, European, American and mixed: all recovered, to 1e-8."""
     c = dict(
@@ -240,7 +210,6 @@ def _bad_prices(american: bool):
 
 
 @pytest.mark.parametrize("american", [False, True], ids=["european", "american"])
-@pytest.mark.usefixtures("quiet_american")
 def test_impossible_prices_are_rejected(xp, american):
     args = _bad_prices(american)
     vol, ok = implied_vol(*(to_xp(xp, a) for a in args), american=american)
@@ -249,7 +218,6 @@ def test_impossible_prices_are_rejected(xp, american):
     assert np.all(np.isnan(vol))
 
 
-@pytest.mark.usefixtures("quiet_american")
 def test_rejections_do_not_disturb_neighbours(xp):
     """Bad rows mixed into a good book: the good rows come out exactly as on their own."""
     c = _contracts(21, 50)
@@ -263,13 +231,6 @@ def test_rejections_do_not_disturb_neighbours(xp):
     assert not ok[50:].any() and np.isnan(vol[50:]).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeWarning,
-    reason="kernels/american.py: american_price emits numpy RuntimeWarnings (overflow in exp / "
-    "invalid value in divide) at vol = 1e-4, the implied-vol solver's lower bracket; under "
-    "filterwarnings=error implied_vol(american=True) then raises on in-the-money options",
-)
 def test_american_price_is_silent_at_the_bracket_vols():
     is_call = np.array([False, False, True, False, True])
     spot = np.array([60.0, 99.0, 101.0, 9.270053671593956, 1.930005197002088])
@@ -292,11 +253,10 @@ def test_public_option_price_scalars():
     assert float(c) == pytest.approx(4.759422392871533, rel=1e-12)  # Hull 15.6, mpmath
     assert float(p) == pytest.approx(0.8085993729000936, rel=1e-12)
     a = gpu_margin.option_price("P", 42.0, 40.0, 0.5, 0.2, 0.1, 0.0, "A")
-    assert float(a) == pytest.approx(float(_american(False, 42.0, 40.0, 0.5, 0.2, 0.1, 0.0)), rel=1e-14)
+    assert float(a) == pytest.approx(float(american_price(False, 42.0, 40.0, 0.5, 0.2, 0.1, 0.0)), rel=1e-14)
     assert float(a) >= float(p)
 
 
-@pytest.mark.usefixtures("quiet_american")
 def test_public_option_price_and_implied_vol_arrays():
     right = np.array(["C", "P", "C", "P", "P"])
     style = np.array(["E", "A", "A", "E", "A"])
@@ -308,7 +268,7 @@ def test_public_option_price_and_implied_vol_arrays():
     amer = style == "A"
     expected = np.where(
         amer,
-        _american(is_call, 100.0, strike, 0.5, vol, 0.05, 0.01),
+        american_price(is_call, 100.0, strike, 0.5, vol, 0.05, 0.01),
         bsm_price(is_call, 100.0, strike, 0.5, vol, 0.05, 0.01),
     )
     np.testing.assert_allclose(price, expected, rtol=1e-14)
