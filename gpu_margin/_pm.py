@@ -36,31 +36,56 @@ class Book:
     und_names: np.ndarray
 
 
+def _codes(s: pd.Series, sort: bool = True) -> np.ndarray:
+    return pd.factorize(s, sort=sort)[0].astype(np.int64)
+
+
+def _runs(*keys: np.ndarray) -> np.ndarray:
+    """Run ids (0, 1, 2, ...) of sorted key columns: a new id wherever any key changes."""
+    n = keys[0].shape[0]
+    change = np.zeros(n, dtype=bool)
+    if n:
+        change[0] = True
+        for k in keys:
+            change[1:] |= k[1:] != k[:-1]
+    return np.cumsum(change) - 1
+
+
 def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
-    """Sort and index validated positions (SPEC 3 columns as produced by validation)."""
-    pos = pos.sort_values(["account_id", "product_group", "underlying", "position_id"], kind="stable")
-    pos = pos.reset_index(drop=True)
-    acc_codes, accounts = pd.factorize(pos["account_id"], sort=True)
-    cls_frame = pos[["account_id", "product_group", "underlying"]]
-    cls_codes = cls_frame.groupby(["account_id", "product_group", "underlying"], sort=True).ngroup().to_numpy()
-    grp_codes = pos.groupby(["account_id", "product_group"], sort=True).ngroup().to_numpy()
-    classes = cls_frame.drop_duplicates().reset_index(drop=True)
-    groups = pos[["account_id", "product_group"]].drop_duplicates().reset_index(drop=True)
+    """Sort and index validated positions (SPEC 3 columns as produced by validation).
+
+    Positions are ordered by account, product group, underlying and position id
+    (integer codes and one ``lexsort``, no string sorts); classes and groups are
+    runs of that order; option contracts are deduplicated on their pricing
+    inputs.
+    """
+    acc, pg, und, pid = (_codes(pos[c]) for c in ("account_id", "product_group", "underlying", "position_id"))
+    order = np.lexsort((pid, und, pg, acc))
+    pos = pos.take(order).reset_index(drop=True)
+    acc, pg, und = acc[order], pg[order], und[order]
+    cls_codes = _runs(acc, pg, und)
+    grp_codes = _runs(acc, pg)
+    first_cls = np.flatnonzero(np.r_[True, np.diff(cls_codes) != 0]) if len(pos) else np.zeros(0, np.int64)
+    first_grp = np.flatnonzero(np.r_[True, np.diff(grp_codes) != 0]) if len(pos) else np.zeros(0, np.int64)
+    classes = pos.loc[first_cls, ["account_id", "product_group", "underlying"]].reset_index(drop=True)
+    groups = pos.loc[first_grp, ["account_id", "product_group"]].reset_index(drop=True)
+    accounts = pos["account_id"].to_numpy(dtype=object)[
+        np.flatnonzero(np.r_[True, np.diff(acc) != 0])] if len(pos) else np.zeros(0, dtype=object)
     is_opt = (pos["kind"] == "option").to_numpy()
     und_index = pd.Index(und_names)
     opt = pos.loc[is_opt, CONTRACT_KEY]
-    # distinct contracts: np.unique over the rows of a numeric key matrix (sorted, deterministic)
-    key = np.column_stack([
-        und_index.get_indexer(opt["underlying"]).astype(np.float64),
-        *(opt[c].to_numpy(np.float64) for c in CONTRACT_KEY[1:]),
-    ]) if len(opt) else np.zeros((0, len(CONTRACT_KEY)))
-    _, first, ccodes = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    ccodes = ccodes.reshape(-1)
+    # distinct contracts: combine per-column hash codes (first-appearance order: deterministic)
+    ccodes = np.zeros(len(opt), dtype=np.int64)
+    for col in CONTRACT_KEY:
+        col_codes, uniques = pd.factorize(opt[col])
+        ccodes = pd.factorize(ccodes * (len(uniques) + 1) + col_codes)[0]
+    first = pd.Series(np.arange(len(opt))).groupby(ccodes, sort=True).first().to_numpy() if len(opt) \
+        else np.zeros(0, np.int64)
     contract_idx = np.full(len(pos), -1, dtype=np.int64)
     contract_idx[is_opt] = ccodes
     contracts = opt.iloc[first].reset_index(drop=True)
     pos = pos.assign(
-        _acc=acc_codes.astype(np.int64),
+        _acc=_runs(acc).astype(np.int64),
         _cls=cls_codes.astype(np.int64),
         _grp=grp_codes.astype(np.int64),
         _con=contract_idx,
