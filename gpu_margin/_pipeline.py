@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,11 +54,19 @@ FIRM_PNL_SCHEMA = pa.schema([("scenario_id", pa.string()), ("multiplier", pa.flo
 
 @dataclass(frozen=True)
 class Partition:
-    """Rows of input files that form one partition: ``(file index, row indices or None = all)``."""
+    """Input files that form one partition: ``(file index, bucket)`` pieces, where bucket ``None``
+    takes the whole file and bucket ``b`` the rows whose account hashes to ``b`` of ``n_buckets``."""
 
     number: int
-    pieces: tuple[tuple[int, tuple[int, ...] | None], ...]
+    pieces: tuple[tuple[int, int | None], ...]
     n_rows: int
+    n_buckets: int = 1
+
+
+def account_bucket(account_id: pd.Series, n_buckets: int) -> np.ndarray:
+    """Deterministic bucket of every row's account (pandas' fixed-key SipHash; same on every machine)."""
+    keys = account_id.astype(object).where(account_id.notna(), "").astype(str).to_numpy(dtype=object)
+    return (pd.util.hash_array(keys) % np.uint64(n_buckets)).astype(np.int64)
 
 
 @dataclass
@@ -84,9 +91,14 @@ def _account_ids(f: Any) -> np.ndarray:
     return frame["account_id"].astype(object).to_numpy()
 
 
-def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | None = None) -> Plan:
-    """Partitions of whole accounts: the files themselves when no account spans two files
-    (and a file fits in a partition), otherwise a hash repartition by ``account_id``."""
+MIN_PARTITION_ROWS = 50_000  # below this a partition's fixed costs dominate: no split for parallelism
+
+
+def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | None = None,
+                    workers: int | None = None) -> Plan:
+    """Partitions of whole accounts: the files themselves when no account spans two files, each
+    fits in a partition and there are enough of them to keep every core busy; otherwise a hash
+    repartition by ``account_id``."""
     from ._io import list_input_files  # noqa: PLC0415
 
     files = list_input_files(positions)
@@ -95,25 +107,23 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     total = sum(rows)
     sets = [set(pd.unique(a[pd.notna(a)])) for a in ids]
     disjoint = sum(len(s) for s in sets) == len(set().union(*sets)) if sets else True
-    if n_partitions is None and disjoint and all(r <= partition_rows for r in rows):
+    workers = workers or os.cpu_count() or 1
+    wanted = max(-(-total // partition_rows), min(workers, total // MIN_PARTITION_ROWS), 1)
+    if n_partitions is None and disjoint and all(r <= partition_rows for r in rows) and len(files) >= wanted:
         parts = [Partition(i, ((i, None),), r) for i, r in enumerate(rows)]
         return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts: one partition per file")
-    n = n_partitions or max(1, -(-total // partition_rows))
-    pieces: list[list[tuple[int, tuple[int, ...]]]] = [[] for _ in range(n)]
-    counts = [0] * n
-    for fi, a in enumerate(ids):
-        keys = pd.Series(a, dtype=object).fillna("").astype(str)
-        h = np.fromiter((zlib.crc32(k.encode()) for k in pd.unique(keys)), dtype=np.int64, count=keys.nunique())
-        code = pd.Index(pd.unique(keys)).get_indexer(keys)
-        bucket = (h % n)[code]
-        for b in range(n):  # partitions, not positions
-            sel = np.flatnonzero(bucket == b)
-            if sel.size:
-                pieces[b].append((fi, tuple(int(x) for x in sel)))
-                counts[b] += sel.size
-    parts = [Partition(i, tuple(pc), counts[i]) for i, pc in enumerate(pieces) if counts[i]]
-    why = "accounts span files" if not disjoint else "files are larger than partition_rows" if n_partitions is None \
-        else f"{n_partitions} partitions requested"
+    if n_partitions is None:
+        n_partitions = wanted
+        why = ("accounts span files" if not disjoint else "files are larger than partition_rows"
+               if any(r > partition_rows for r in rows) else f"{len(files)} file(s) for {workers} cores")
+    else:
+        why = f"{n_partitions} partitions requested"
+    n = n_partitions
+    counts = np.zeros(n, dtype=np.int64)
+    for a in ids:
+        counts += np.bincount(account_bucket(pd.Series(a, dtype=object), n), minlength=n)
+    parts = [Partition(b, tuple((fi, b) for fi in range(len(files))), int(counts[b]), n)
+             for b in range(n) if counts[b]]
     return Plan(files, rows, parts, f"{len(files)} file(s) repartitioned by account_id into {len(parts)} "
                                     f"partition(s) ({why})")
 
@@ -146,9 +156,9 @@ def run_partition(ctx: Context, part: Partition) -> dict[str, Any]:
     t = {}
     t0 = time.perf_counter()
     frames = []
-    for fi, rows in part.pieces:
+    for fi, bucket in part.pieces:
         df, _ = read_positions_file(ctx.files[fi])
-        frames.append(df if rows is None else df.iloc[list(rows)])
+        frames.append(df if bucket is None else df[account_bucket(df["account_id"], part.n_buckets) == bucket])
     pos = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
     t["read"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -226,7 +236,7 @@ def dask_scheduler(name: str, device: str):
 
 def _fingerprint(job: Job, input_digests: dict[str, str], plan: Plan) -> str:
     doc = {"params": job.params(), "inputs": input_digests,
-           "plan": [(p.number, [(fi, len(r) if r else None) for fi, r in p.pieces]) for p in plan.partitions]}
+           "plan": [(p.number, list(p.pieces), p.n_buckets) for p in plan.partitions]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
