@@ -198,13 +198,32 @@ def run_partition(ctx: Context, part: Partition) -> dict[str, Any]:
     return summary
 
 
+def _distributed_compute(client: Any, tasks: list[Any], progress: bool) -> list[Any]:
+    futures = client.compute(list(tasks))
+    if progress:
+        from distributed import progress as show_progress  # noqa: PLC0415
+
+        show_progress(futures)
+    return client.gather(futures)
+
+
 @contextlib.contextmanager
-def dask_scheduler(name: str, device: str):
-    """Yield ``compute(tasks) -> results`` for a scheduler name or a dask.distributed address."""
+def dask_scheduler(name: str, device: str, progress: bool = False):
+    """Yield ``(compute(tasks) -> results, description)`` for a scheduler name or a dask.distributed address.
+
+    ``threads`` and ``sync`` are Dask's local schedulers; ``processes`` starts a
+    ``LocalCluster`` on 127.0.0.1 (``dask_cuda.LocalCUDACluster`` for ``--device
+    gpu`` when installed); anything else is the address of a running scheduler.
+    """
     import dask  # noqa: PLC0415
 
     if name in ("threads", "sync"):
         def compute(tasks):
+            if progress:
+                from dask.diagnostics import ProgressBar  # noqa: PLC0415
+
+                with ProgressBar(out=sys.stderr):
+                    return dask.compute(*tasks, scheduler=name)
             return dask.compute(*tasks, scheduler=name)
 
         yield compute, f"dask local {'threaded' if name == 'threads' else 'synchronous'} scheduler"
@@ -222,7 +241,7 @@ def dask_scheduler(name: str, device: str):
             cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
                                    host="127.0.0.1", dashboard_address="127.0.0.1:0")
         with cluster, Client(cluster) as client:
-            yield (lambda tasks: client.gather(client.compute(list(tasks)))), \
+            yield (lambda tasks: _distributed_compute(client, tasks, progress)), \
                 f"dask.distributed {type(cluster).__name__} ({len(cluster.workers)} workers on 127.0.0.1)"
         return
     try:
@@ -231,7 +250,7 @@ def dask_scheduler(name: str, device: str):
         raise JobError(f"--scheduler {name}: cannot reach the dask.distributed scheduler ({exc}); "
                        "start it or pass --scheduler threads") from None
     with client:
-        yield (lambda tasks: client.gather(client.compute(list(tasks)))), f"dask.distributed cluster at {name}"
+        yield (lambda tasks: _distributed_compute(client, tasks, progress)), f"dask.distributed cluster at {name}"
 
 
 def _fingerprint(job: Job, input_digests: dict[str, str], plan: Plan) -> str:
@@ -324,16 +343,10 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
     tasks = [dask.delayed(run_partition, pure=False)(ctx, p, dask_key_name=f"partition-{p.number:05d}")
              for p in plan.partitions]
     t0 = time.perf_counter()
-    with dask_scheduler(job.scheduler, job.device) as (compute, sched_desc):
+    show = sys.stderr.isatty() if progress is None else progress
+    with dask_scheduler(job.scheduler, job.device, show) as (compute, sched_desc):
         log.info("scheduler: %s", sched_desc)
-        show = sys.stderr.isatty() if progress is None else progress
-        if show and job.scheduler in ("threads", "sync"):
-            from dask.diagnostics import ProgressBar  # noqa: PLC0415
-
-            with ProgressBar(out=sys.stderr):
-                summaries = compute(tasks)
-        else:
-            summaries = compute(tasks)
+        summaries = compute(tasks)
     timings["partitions_wall"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
