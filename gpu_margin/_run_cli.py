@@ -40,8 +40,14 @@ def job_from_args(args: argparse.Namespace, **extra):
 
 
 def configure_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="gpu-margin: %(message)s",
-                        stream=sys.stderr)
+    """gpu-margin's own log lines on stderr (Dask's loggers keep their own levels)."""
+    log = logging.getLogger("gpu_margin")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("gpu-margin: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def print_summary(res) -> None:
