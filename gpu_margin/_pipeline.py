@@ -1,8 +1,9 @@
 """The overnight run: Dask partitions of whole accounts, margined on the chosen device.
 
-    plan    which rows of which files form each partition (whole accounts)
-    run     one Dask task per partition: read → validate → price → methodology
-            → Reg T → calls and liquidation → part files
+    plan    which files (or hash buckets of accounts in them) form each partition
+    run     ``dd.from_map`` reads a Dask DataFrame whose partitions hold whole
+            accounts; ``map_partitions`` margins each: validate → price →
+            methodology → Reg T → calls and liquidation → part files
     finish  concatenate the parts in account order, write the manifest, rename
             the finished directory into place
 
@@ -141,26 +142,50 @@ class Context:
     device: str
 
 
-def run_partition(ctx: Context, part: Partition) -> dict[str, Any]:
-    """Margin one partition and write its part files; returns counts and stage timings."""
-    from ._backend import select_backend  # noqa: PLC0415
-    from ._calls import margin_calls_and_plans  # noqa: PLC0415
-    from ._compute import margin_frames  # noqa: PLC0415
-    from ._io import read_positions_file  # noqa: PLC0415
-    from ._methodology import load_methodology  # noqa: PLC0415
-    from ._validate import validate_positions  # noqa: PLC0415
+def _done_marker(ctx: Context, part: Partition) -> Path:
+    return ctx.work / "parts" / "done" / f"part-{part.number:05d}.json"
 
-    done = ctx.work / "parts" / "done" / f"part-{part.number:05d}.json"
-    if done.exists():
-        return json.loads(done.read_text()) | {"resumed": True}
-    t = {}
+
+def read_partition(part: Partition, ctx: Context) -> pd.DataFrame:
+    """The positions of one partition, whole accounts (nothing when an earlier run finished it)."""
+    from ._io import read_positions_file  # noqa: PLC0415
+
+    if _done_marker(ctx, part).exists():
+        return pd.DataFrame()
     t0 = time.perf_counter()
     frames = []
     for fi, bucket in part.pieces:
         df, _ = read_positions_file(ctx.files[fi])
         frames.append(df if bucket is None else df[account_bucket(df["account_id"], part.n_buckets) == bucket])
     pos = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
-    t["read"] = time.perf_counter() - t0
+    pos.attrs["read_seconds"] = time.perf_counter() - t0
+    return pos
+
+
+SUMMARY_META = pd.DataFrame({"summary": pd.Series(dtype=object)})
+
+
+def margin_partition(pos: pd.DataFrame, ctx: Context, parts: list[Partition],
+                     partition_info: dict[str, Any] | None = None) -> pd.DataFrame:
+    """``map_partitions`` body: margin one partition of positions; one row holding its summary."""
+    part = parts[partition_info["number"]] if partition_info else parts[0]
+    return pd.DataFrame({"summary": [run_partition(ctx, part, pos)]})
+
+
+def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Margin one partition and write its part files; returns counts and stage timings."""
+    from ._backend import select_backend  # noqa: PLC0415
+    from ._calls import margin_calls_and_plans  # noqa: PLC0415
+    from ._compute import margin_frames  # noqa: PLC0415
+    from ._methodology import load_methodology  # noqa: PLC0415
+    from ._validate import validate_positions  # noqa: PLC0415
+
+    done = _done_marker(ctx, part)
+    if done.exists():
+        return json.loads(done.read_text()) | {"resumed": True}
+    if pos is None:
+        pos = read_partition(part, ctx)
+    t = {"read": float(pos.attrs.get("read_seconds", 0.0))}
     t0 = time.perf_counter()
     valid, rejects = validate_positions(pos, ctx.market, asof=ctx.job.asof, rate=ctx.job.rate)
     t["validate"] = time.perf_counter() - t0
@@ -198,18 +223,18 @@ def run_partition(ctx: Context, part: Partition) -> dict[str, Any]:
     return summary
 
 
-def _distributed_compute(client: Any, tasks: list[Any], progress: bool) -> list[Any]:
-    futures = client.compute(list(tasks))
+def _distributed_compute(client: Any, collection: Any, progress: bool) -> Any:
+    future = client.compute(collection)
     if progress:
         from distributed import progress as show_progress  # noqa: PLC0415
 
-        show_progress(futures)
-    return client.gather(futures)
+        show_progress(future)
+    return future.result()
 
 
 @contextlib.contextmanager
 def dask_scheduler(name: str, device: str, progress: bool = False):
-    """Yield ``(compute(tasks) -> results, description)`` for a scheduler name or a dask.distributed address.
+    """Yield ``(compute(collection) -> result, description)`` for a scheduler name or a dask.distributed address.
 
     ``threads`` and ``sync`` are Dask's local schedulers; ``processes`` starts a
     ``LocalCluster`` on 127.0.0.1 (``dask_cuda.LocalCUDACluster`` for ``--device
@@ -218,13 +243,13 @@ def dask_scheduler(name: str, device: str, progress: bool = False):
     import dask  # noqa: PLC0415
 
     if name in ("threads", "sync"):
-        def compute(tasks):
+        def compute(collection):
             if progress:
                 from dask.diagnostics import ProgressBar  # noqa: PLC0415
 
                 with ProgressBar(out=sys.stderr):
-                    return dask.compute(*tasks, scheduler=name)
-            return dask.compute(*tasks, scheduler=name)
+                    return dask.compute(collection, scheduler=name)[0]
+            return dask.compute(collection, scheduler=name)[0]
 
         yield compute, f"dask local {'threaded' if name == 'threads' else 'synchronous'} scheduler"
         return
@@ -241,7 +266,7 @@ def dask_scheduler(name: str, device: str, progress: bool = False):
             cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
                                    host="127.0.0.1", dashboard_address="127.0.0.1:0")
         with cluster, Client(cluster) as client:
-            yield (lambda tasks: _distributed_compute(client, tasks, progress)), \
+            yield (lambda coll: _distributed_compute(client, coll, progress)), \
                 f"dask.distributed {type(cluster).__name__} ({len(cluster.workers)} workers on 127.0.0.1)"
         return
     try:
@@ -250,7 +275,7 @@ def dask_scheduler(name: str, device: str, progress: bool = False):
         raise JobError(f"--scheduler {name}: cannot reach the dask.distributed scheduler ({exc}); "
                        "start it or pass --scheduler threads") from None
     with client:
-        yield (lambda tasks: _distributed_compute(client, tasks, progress)), f"dask.distributed cluster at {name}"
+        yield (lambda coll: _distributed_compute(client, coll, progress)), f"dask.distributed cluster at {name}"
 
 
 def _fingerprint(job: Job, input_digests: dict[str, str], plan: Plan) -> str:
@@ -338,15 +363,19 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
         # resolve once on the host: a bad selector fails here, before any partition runs
         _, scenarios_index = joint_table(scenarios, market_in.frame, job.multipliers, source=str(job.scenarios))
     ctx = Context(job, plan.files, market_in.frame, accounts_in.frame, scenarios, work, job.device)
-    import dask  # noqa: PLC0415
+    import dask.dataframe as dd  # noqa: PLC0415
 
-    tasks = [dask.delayed(run_partition, pure=False)(ctx, p, dask_key_name=f"partition-{p.number:05d}")
-             for p in plan.partitions]
+    # a Dask DataFrame whose partitions are whole accounts, margined partition by partition
+
+    positions = dd.from_map(read_partition, plan.partitions, ctx=ctx, meta=pd.DataFrame(),
+                            enforce_metadata=False, label="read-positions")
+    results = positions.map_partitions(margin_partition, ctx=ctx, parts=plan.partitions, meta=SUMMARY_META,
+                                       enforce_metadata=False, align_dataframes=False)
     t0 = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     with dask_scheduler(job.scheduler, job.device, show) as (compute, sched_desc):
         log.info("scheduler: %s", sched_desc)
-        summaries = compute(tasks)
+        summaries = list(compute(results)["summary"])
     timings["partitions_wall"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -139,11 +139,11 @@ def test_resume_after_a_crash_gives_the_clean_result(book_dir, tmp_path):
     real = _pipeline.run_partition
     calls = {"n": 0}
 
-    def dies_on_third(ctx, part):
+    def dies_on_third(ctx, part, pos=None):
         calls["n"] += 1
         if part.number == 2:
             raise RuntimeError("killed")
-        return real(ctx, part)
+        return real(ctx, part, pos)
 
     _pipeline.run_partition = dies_on_third
     try:
