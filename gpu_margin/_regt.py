@@ -8,17 +8,29 @@ and the pairing order.
 
 Pairing runs as a fixed sequence of strategy passes (covered, vertical spread,
 straddle/strangle); whatever is left is margined standalone (naked). Each pass
-builds every candidate pair across all accounts at once (merges), ranks them,
-and forms them with :func:`greedy_match`, a vectorised greedy b-matching that
-gives exactly the result of taking the candidates one by one in rank order.
-A candidate is formed only if it lowers both the initial and the maintenance
-requirement, so the result is never worse than margining every leg naked.
+builds every candidate pair across all accounts at once (sorted joins on
+integer keys), ranks them, and forms them with :func:`greedy_match`, a
+vectorised greedy b-matching that gives exactly the result of taking the
+candidates one by one in rank order. A candidate is formed only if it lowers
+both the initial and the maintenance requirement, so the result is never worse
+than margining every leg naked.
+
+Performance: the string columns (``account_id``, ``position_id``,
+``underlying``, ``tracks``, ``kind``, ``product_group``) are turned into
+integer codes once on entry; everything after that works on NumPy
+``int64``/``float64`` arrays (joins by ``argsort``/``searchsorted``, ranking by
+one ``argsort`` of a packed integer key) and the two output frames are built
+once at the end.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._exceptions import InputFileError
 
@@ -50,6 +62,17 @@ ACCOUNT_COLUMNS = ["account_id", "regt_initial", "regt_maintenance"]
 _MIN_SAVING = 1e-7  # dollars per pair unit: a pairing must save more than this
 _REL_TOL = 1e-9  # remaining quantities below this share of the position are zero
 
+#: Strategy names; legs carry an index into this tuple until the output is built.
+STRATEGIES = (
+    "covered_call", "covered_put", "credit_spread", "debit_spread", "straddle", "strangle",
+    "future", "long_stock", "short_stock", "long_option", "naked_call", "naked_put",
+)  # fmt: skip
+_S = {name: code for code, name in enumerate(STRATEGIES)}
+
+#: The dtype pandas gives a column of Python strings (``str`` with pandas 3, ``object`` before).
+_STR_DTYPE = pd.Series(np.array(["x"], dtype=object)).dtype
+_KEY_LIMIT = 1 << 62  # packed integer keys stay below this
+
 
 def regt_requirements(positions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Reg T initial and maintenance requirements on NLV, per account and per leg.
@@ -67,64 +90,49 @@ def regt_requirements(positions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
     depend on the row order of ``positions``.
     """
     legs = _prepare(positions)
+    if legs.n == 0:
+        return _empty_result()
     stand_i, stand_m = standalone_requirements(legs)
-    rem = legs["quantity"].abs().to_numpy(dtype=np.float64).copy()
+    rem = legs.absq.copy()
     absq = rem.copy()
 
-    parts = []
-    for pass_no, build in enumerate((_cover_edges, _spread_edges, _straddle_edges)):
+    parts = []  # (leg, partner, strategy code, paired_quantity, initial, maintenance), in (pass, order) order
+    empty_pair_part = False  # a pass ranked candidates but formed none (decides the output dtypes)
+    for build in (_cover_edges, _spread_edges, _straddle_edges):
         edges = build(legs, rem)
-        if edges.empty:
+        if edges is None:
             continue
         edges = _rank(edges, legs, stand_i, stand_m)
-        if edges.empty:
+        if edges is None:
             continue
-        q = greedy_match(
-            edges["ia"].to_numpy(), edges["ib"].to_numpy(), edges["rb"].to_numpy(),
-            edges["integral"].to_numpy(), rem, absq,
-        )  # fmt: skip
-        taken = edges[q > 0].assign(q=q[q > 0])
-        parts.append(_pair_parts(taken, legs, pass_no))
+        q = greedy_match(edges.ia, edges.ib, edges.rb, edges.integral, rem, absq)
+        t = np.flatnonzero(q > 0)
+        if t.size == 0:
+            empty_pair_part = True
+            continue
+        parts.extend(_pair_parts(edges, t, q[t], legs.sign))
 
-    parts.append(_standalone_parts(legs, rem, stand_i, stand_m, pass_no=3))
-    leg_frame = pd.concat(parts, ignore_index=True)
-    leg_frame = leg_frame.sort_values(
-        ["account_id", "position_id", "_pass", "_order"], kind="mergesort"
-    ).reset_index(drop=True)[LEG_COLUMNS]
-
-    accounts = (
-        leg_frame.groupby("account_id", sort=True)[["regt_initial", "regt_maintenance"]]
-        .sum()
-        .reindex(pd.Index(sorted(legs["account_id"].unique()), name="account_id"), fill_value=0.0)
-        .reset_index()
-    )
-    accounts = accounts.astype({"regt_initial": np.float64, "regt_maintenance": np.float64})
-    return accounts[ACCOUNT_COLUMNS], leg_frame
+    standalone = _standalone_parts(legs, rem, stand_i, stand_m)
+    standalone_empty = standalone[0].size == 0
+    parts.append(standalone)
+    return _output(legs, parts, object_ids=empty_pair_part or standalone_empty, object_strategy=empty_pair_part)
 
 
-def standalone_requirements(legs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def standalone_requirements(legs: SimpleNamespace) -> tuple[np.ndarray, np.ndarray]:
     """Requirement per unit of ``|quantity|`` of each leg margined alone (naked).
 
     ``legs`` as prepared by :func:`_prepare`. Returns ``(initial, maintenance)``,
     each ``(n_legs,) float64`` dollars per share or per contract.
     """
-    kind = legs["kind"].to_numpy()
-    long_ = legs["quantity"].to_numpy() > 0
-    mv = legs["mv_unit"].to_numpy()
-    stock = kind == "stock"
-    option = kind == "option"
-    init = np.zeros(len(legs), dtype=np.float64)
-    maint = np.zeros(len(legs), dtype=np.float64)
-    for mask, (ri, rm) in ((stock & long_, LONG_STOCK), (stock & ~long_, SHORT_STOCK)):
-        init = np.where(mask, ri * mv, init)
-        maint = np.where(mask, rm * mv, maint)
-    long_opt = option & long_
-    init = np.where(long_opt, legs["long_rate"].to_numpy() * mv, init)
-    maint = np.where(long_opt, legs["long_rate"].to_numpy() * mv, maint)
-    short_opt = option & ~long_
-    init = np.where(short_opt, legs["naked_unit"].to_numpy(), init)
-    maint = np.where(short_opt, legs["naked_unit"].to_numpy(), maint)
-    return init, maint
+    long_, stock = legs.long_, legs.stock
+    long_opt = legs.option & long_
+    naked = np.where(legs.option & ~long_, legs.naked_unit, 0.0)  # short options
+    by_value = stock | long_opt  # a share of market value
+    out = []
+    for k in (0, 1):  # initial, maintenance
+        rate = np.where(stock, np.where(long_, LONG_STOCK[k], SHORT_STOCK[k]), legs.long_rate)
+        out.append(np.where(by_value, rate * legs.mv_unit, naked))
+    return out[0], out[1]
 
 
 def greedy_match(
@@ -145,280 +153,717 @@ def greedy_match(
     order; each round forms every candidate that is the best still-feasible one
     at both its legs (vectorised over all accounts), and each round retires at
     least the best feasible candidate, so the loop ends.
+
+    The first rounds look at every candidate still alive; once a round forms
+    only a few, the rest is event-driven (:func:`_event_rounds`): a round then
+    costs in proportion to the legs the previous one touched, not to all the
+    candidates still alive (long chains of one or two pairs per round, where
+    many shorts of a large account compete for many lots). Only the legs that
+    have candidates are worked on (renumbered); ``rem`` is written back.
     """
     n_edges = ia.shape[0]
-    taken = np.zeros(n_edges, dtype=np.float64)
-    alive = np.ones(n_edges, dtype=bool)
-    while True:
-        cap_b = rem[ib] / rb
-        cap_b = np.where(integral, np.floor(cap_b + 1e-9), cap_b)
-        cap = np.minimum(rem[ia], cap_b)
-        alive &= cap > 0
-        idx = np.flatnonzero(alive)
-        if idx.size == 0:
-            return taken
-        best = np.zeros(n_edges, dtype=bool)
-        _, first_a = np.unique(ia[idx], return_index=True)
-        best[idx[first_a]] = True
-        best_b = np.zeros(n_edges, dtype=bool)
-        _, first_b = np.unique(ib[idx], return_index=True)
-        best_b[idx[first_b]] = True
-        sel = np.flatnonzero(best & best_b)
-        q = cap[sel]
-        rem[ia[sel]] -= q
-        rem[ib[sel]] -= q * rb[sel]
+    if n_edges == 0:
+        return np.zeros(0, dtype=np.float64)
+    a = np.asarray(ia, dtype=np.int64)
+    b = np.asarray(ib, dtype=np.int64)
+    # work on the legs that have candidates, numbered 0..n_used-1
+    used = np.zeros(rem.shape[0], dtype=bool)
+    used[a] = True
+    used[b] = True
+    legs = np.flatnonzero(used)
+    local = np.empty(rem.shape[0], dtype=np.int64)
+    local[legs] = np.arange(legs.shape[0], dtype=np.int64)
+    rem_l = rem[legs]
+    taken, formed = _greedy_rounds(
+        local[a], local[b], np.asarray(rb, dtype=np.float64), np.asarray(integral, dtype=bool), rem_l, absq[legs]
+    )
+    rem[legs] = rem_l
+    if formed:  # the threshold check of the first round covers every leg
         rem[rem <= _REL_TOL * absq] = 0.0
+    return taken
+
+
+_SWITCH = 32  # go event-driven once a round forms fewer than 1/_SWITCH of the candidates alive
+
+
+def _greedy_rounds(
+    a: np.ndarray, b: np.ndarray, r: np.ndarray, g: np.ndarray, rem: np.ndarray, absq: np.ndarray
+) -> tuple[np.ndarray, bool]:
+    """:func:`greedy_match` on legs ``0..len(rem)-1``; also whether any round ran.
+
+    The first rounds look at every candidate still alive (compacted in rank
+    order; the first one at each leg found with ``np.minimum.at``): they form
+    most pairs. Once a round forms only a few, what is left (long chains within
+    large accounts) goes on event-driven (:func:`_event_rounds`).
+    """
+    n_edges = a.shape[0]
+    taken = np.zeros(n_edges, dtype=np.float64)
+    act = np.arange(n_edges, dtype=np.int64)  # alive candidates, in rank order
+    n_legs = rem.shape[0]
+    first_a = np.full(n_legs, n_edges, dtype=np.int64)
+    first_b = np.full(n_legs, n_edges, dtype=np.int64)
+    formed = -1  # pairs formed by the last round (-1: no round yet)
+    while True:
+        cap_b = rem[b] / r
+        cap_b = np.where(g, np.floor(cap_b + 1e-9), cap_b)
+        cap = np.minimum(rem[a], cap_b)
+        live = cap > 0
+        if not live.all():
+            keep = np.flatnonzero(live)
+            act, a, b, r, g, cap = act[keep], a[keep], b[keep], r[keep], g[keep], cap[keep]
+        m = act.shape[0]
+        if m == 0:
+            return taken, formed >= 0
+        if 0 <= formed * _SWITCH < m:
+            taken[act] += _event_rounds(a, b, r, g, rem, absq)
+            return taken, True
+        pos = np.arange(m, dtype=np.int64)
+        np.minimum.at(first_a, a, pos)
+        np.minimum.at(first_b, b, pos)
+        best = (first_a[a] == pos) & (first_b[b] == pos)
+        first_a[a] = n_edges
+        first_b[b] = n_edges
+        sel = np.flatnonzero(best)
+        q = cap[sel]
+        sa, sb = a[sel], b[sel]
+        rem[sa] -= q
+        rem[sb] -= q * r[sel]
+        if formed < 0:
+            rem[rem <= _REL_TOL * absq] = 0.0
+        else:  # only the legs changed since the last full check can have fallen below the threshold
+            touched = np.concatenate([sa, sb])
+            v = rem[touched]
+            rem[touched] = np.where(v <= _REL_TOL * absq[touched], 0.0, v)
+        taken[act[sel]] += q
+        formed = sel.shape[0]
+        best = ~best
+        act, a, b, r, g = act[best], a[best], b[best], r[best], g[best]
+
+
+def _event_rounds(a: np.ndarray, b: np.ndarray, r: np.ndarray, g: np.ndarray, rem: np.ndarray,
+                  absq: np.ndarray) -> np.ndarray:  # fmt: skip
+    """The rounds of :func:`greedy_match` from a state where every candidate is alive
+    and the first round's full threshold check is done; returns the pair units.
+
+    Every leg keeps a pointer to its best alive candidate (its *head*) in its
+    own rank-ordered list (:class:`_Heads`); a round looks only at what the
+    previous one changed: the candidates at the legs it used are re-checked,
+    the heads that died move on, and only the new heads can be formed next.
+    """
+    n_edges = a.shape[0]
+    taken = np.zeros(n_edges, dtype=np.float64)
+
+    def caps(e: np.ndarray) -> np.ndarray:
+        cap_b = rem[b[e]] / r[e]
+        cap_b = np.where(g[e], np.floor(cap_b + 1e-9), cap_b)
+        return np.minimum(rem[a[e]], cap_b)
+
+    alive = np.ones(n_edges, dtype=bool)
+    n_slots = rem.shape[0]
+    lists = _Heads(a, b, n_slots)
+    lists.advance(np.flatnonzero(lists.count), alive, rem)
+    cand = lists.head[:n_slots]  # a candidate best at both legs is the head of its leg a
+    while True:
+        cand = cand[cand >= 0]
+        # (an edge can be listed twice; repeated fancy-index updates below apply once)
+        sel = cand[(lists.head[a[cand]] == cand) & (lists.head[b[cand] + n_slots] == cand)]
+        if sel.size == 0:
+            return taken
+        q = caps(sel)
+        sa, sb = a[sel], b[sel]
+        rem[sa] -= q
+        rem[sb] -= q * r[sel]
+        touched = np.concatenate([sa, sb])
+        v = rem[touched]
+        rem[touched] = np.where(v <= _REL_TOL * absq[touched], 0.0, v)
         taken[sel] += q
         alive[sel] = False
+        # the candidates at the legs just changed: those no longer feasible die
+        near = lists.rest(np.concatenate([touched, touched + n_slots]))
+        near = near[alive[near]]
+        died = near[~(caps(near) > 0)]
+        alive[died] = False
+        gone = np.concatenate([sel, died])
+        moved = _distinct(np.concatenate([a[gone], b[gone] + n_slots]))
+        lists.advance(moved, alive, rem)
+        cand = lists.head[moved]
+
+
+def _distinct(x: np.ndarray) -> np.ndarray:
+    """The distinct values of ``x``, sorted (a plain sort: cheaper than ``np.unique`` on small arrays)."""
+    x = np.sort(x)
+    if x.size > 1:
+        x = x[np.concatenate(([True], x[1:] != x[:-1]))]
+    return x
+
+
+class _Heads:
+    """Every leg's candidates in rank order, with a pointer to the first alive one (its head).
+
+    A leg has one list per side: slot ``leg`` for the candidates where it is
+    leg ``a``, slot ``n_slots + leg`` for those where it is leg ``b``.
+    """
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, n_slots: int) -> None:
+        n_edges = a.shape[0]
+        slot = np.concatenate([a, b + n_slots])
+        edge = np.tile(np.arange(n_edges, dtype=np.int64), 2)
+        if 2 * n_slots * n_edges < _KEY_LIMIT:
+            order = np.argsort(slot * n_edges + edge)
+        else:
+            order = np.lexsort((edge, slot))
+        self.edge = edge[order]
+        self.count = np.bincount(slot, minlength=2 * n_slots)
+        self.end = np.cumsum(self.count)
+        self.ptr = self.end - self.count  # every candidate before ptr is dead
+        self.head = np.full(2 * n_slots, -1, dtype=np.int64)
+        self.leg = np.tile(np.arange(n_slots, dtype=np.int64), 2)
+        self.last = 2 * n_edges - 1
+
+    def rest(self, slots: np.ndarray) -> np.ndarray:
+        """Every candidate of ``slots`` from the head on (all that can still be alive)."""
+        p = self.ptr[slots]
+        n = self.end[slots] - p
+        total = int(n.sum())
+        if total == 0:
+            return np.zeros(0, dtype=np.int64)
+        return self.edge[np.repeat(p - (np.cumsum(n) - n), n) + np.arange(total, dtype=np.int64)]
+
+    def advance(self, slots: np.ndarray, alive: np.ndarray, rem: np.ndarray) -> None:
+        """Move the pointers of ``slots`` on to their first alive candidate; update ``head``."""
+        if slots.size == 0:
+            return
+        end = self.end[slots]
+        p = np.where(rem[self.leg[slots]] == 0.0, end, self.ptr[slots])  # nothing is feasible at an exhausted leg
+        e = self.edge[np.minimum(p, self.last)]
+        pending = (p < end) & ~alive[e]
+        if pending.any():
+            idx = np.flatnonzero(pending)
+            p[idx] = self._scan(p[idx] + 1, end[idx], alive)
+            e[idx] = self.edge[np.minimum(p[idx], self.last)]
+        self.ptr[slots] = p
+        self.head[slots] = np.where(p < end, e, -1)
+
+    def _scan(self, p: np.ndarray, end: np.ndarray, alive: np.ndarray, width: int = 2) -> np.ndarray:
+        """First position from ``p`` on (before ``end``) holding an alive candidate, else ``end``.
+
+        Looks ``width`` positions ahead at a time, widening the step for the long dead runs.
+        """
+        win = p[:, None] + np.arange(width, dtype=np.int64)
+        inside = win < end[:, None]
+        ok = inside & alive[self.edge[np.minimum(win, self.last)]]
+        found = ok.any(axis=1)
+        more = ~found & inside[:, -1]
+        out = np.where(found, p + ok.argmax(axis=1), end)
+        if more.any():
+            out[more] = self._scan(p[more] + width, end[more], alive, min(width * 8, 512))
+        return out
 
 
 # --------------------------------------------------------------------------- #
 # preparation
 
 
-def _prepare(positions: pd.DataFrame) -> pd.DataFrame:
-    """Check the columns, sort by (account, position) and add per-unit amounts."""
+def _prepare(positions: pd.DataFrame) -> SimpleNamespace:
+    """Check the columns; sort by (account, position); code the strings; per-unit amounts.
+
+    Returns NumPy arrays in the row order of ``positions``: integer codes for
+    the strings (``acct`` numbers the accounts in sorted order), the numbers of
+    the formulas, ``rank`` (each row's place in (account, position_id) order),
+    and the ``position_id`` / account id strings (Arrow) for the output.
+    """
     missing = [c for c in REQUIRED_COLUMNS if c not in positions.columns]
     if missing:
         raise InputFileError(
             f"positions: missing column(s) {missing} for the Reg T requirement; "
             "pass the validated positions frame with market columns joined"
         )
-    legs = positions.loc[:, list(REQUIRED_COLUMNS)].copy()
-    dup = legs["position_id"].duplicated(keep=False)
-    if dup.any():
-        raise InputFileError(
-            f"positions: 'position_id' must be unique (got {legs.loc[dup, 'position_id'].iloc[0]!r} "
-            "more than once); give each position its own id"
-        )
-    legs["account_id"] = legs["account_id"].astype(str)
-    legs["position_id"] = legs["position_id"].astype(str)
-    legs = legs.sort_values(["account_id", "position_id"], kind="mergesort").reset_index(drop=True)
-    legs["idx"] = np.arange(len(legs), dtype=np.int64)
+    n = len(positions)
+    pid_arr = _arrow_strings(_as_str(positions["position_id"]))
+    acct_arr = _arrow_strings(_as_str(positions["account_id"]))
 
-    option = (legs["kind"] == "option").to_numpy()
-    pct = legs["product_group"].map(NAKED_PCT)
-    bad = option & pct.isna().to_numpy()
+    # position_id order (also finds duplicates: equal ids are adjacent there)
+    by_pid = pc.sort_indices(pid_arr).to_numpy().astype(np.int64)
+    if pid_arr.null_count > 1:
+        _raise_duplicate(positions)
+    if n > 1:
+        s = pid_arr.take(pa.array(by_pid))
+        if pc.any(pc.equal(s.slice(1), s.slice(0, n - 1))).as_py():
+            _raise_duplicate(positions)
+    pid_rank = np.empty(n, dtype=np.int64)
+    pid_rank[by_pid] = np.arange(n, dtype=np.int64)
+
+    # accounts: codes in sorted order of the ids
+    enc = pc.dictionary_encode(acct_arr)
+    acct_names = enc.dictionary
+    n_acc = len(acct_names)
+    name_order = pc.sort_indices(acct_names).to_numpy().astype(np.int64)
+    name_rank = np.empty(n_acc, dtype=np.int64)
+    name_rank[name_order] = np.arange(n_acc, dtype=np.int64)
+    acct0 = name_rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)] if n else np.zeros(0, np.int64)
+    order = np.argsort(acct0 * n + pid_rank) if n else np.zeros(0, np.int64)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+
+    legs = SimpleNamespace(n=n, n_acc=n_acc, rank=rank, acct=acct0)
+    per_acct = np.bincount(acct0, minlength=n_acc)
+    legs.pos = rank - (np.cumsum(per_acct) - per_acct)[acct0]  # place within its account
+    legs.n_pos = int(per_acct.max()) if n else 1
+    legs.acct_names = acct_names.take(pa.array(name_order))  # sorted account ids
+    legs.pid = pid_arr
+    legs.acct_ids = acct_arr
+
+    # the other string columns as integer codes (-1: missing); underlying and
+    # tracks share theirs, a missing underlying has its own (as in a merge)
+    both, n_und = _factorize([positions["underlying"], positions["tracks"]])
+    legs.n_und = n_und + 1
+    legs.und = np.where(both[:n] < 0, n_und, both[:n])
+    legs.trk = both[n:]  # the underlying code of what an ETF tracks, -1: none
+
+    kind_codes, kinds = _factorize([positions["kind"]], values=True)
+
+    def kind_is(name: str) -> np.ndarray:
+        lut = np.array([k == name for k in kinds] + [False], dtype=bool)
+        return lut[kind_codes]
+
+    legs.option, legs.stock, legs.future = kind_is("option"), kind_is("stock"), kind_is("future")
+
+    grp_codes, groups = _factorize([positions["product_group"]], values=True)
+    pct = np.array([NAKED_PCT.get(u, np.nan) if isinstance(u, str) else np.nan for u in groups] + [np.nan])
+    pct = pct[grp_codes]
+    bad = legs.option & np.isnan(pct)
     if bad.any():
-        row = int(np.flatnonzero(bad)[0])
+        rows = np.flatnonzero(bad)
+        row = int(rows[np.argmin(rank[rows])])  # the first in (account, position_id) order
         raise InputFileError(
             f"positions: 'product_group' must be one of {sorted(NAKED_PCT)} "
-            f"(got {legs['product_group'].iloc[row]!r} for position {legs['position_id'].iloc[row]!r})"
+            f"(got {positions['product_group'].iloc[row]!r} for position {pid_arr[row].as_py()!r})"
         )
-    is_call = legs["is_call"].to_numpy(dtype=bool)
-    s = legs["spot"].to_numpy(dtype=np.float64)
-    k = legs["strike"].to_numpy(dtype=np.float64)
-    mult = legs["multiplier"].to_numpy(dtype=np.float64)
+
+    def num(col: str) -> np.ndarray:
+        return positions[col].to_numpy(dtype=np.float64)
+
+    legs.is_call = positions["is_call"].to_numpy(dtype=bool)
+    s, k, mult = num("spot"), num("strike"), num("multiplier")
+    is_call = legs.is_call
     with np.errstate(invalid="ignore"):
         otm = np.where(is_call, np.maximum(k - s, 0.0), np.maximum(s - k, 0.0))
         floor = NAKED_MIN_PCT * np.where(is_call, s, k)
-        naked = np.maximum(pct.to_numpy(dtype=np.float64) * s - otm, floor) * mult
-    legs["naked_unit"] = np.where(option, naked, 0.0)
-    legs["mv_unit"] = legs["value"].to_numpy(dtype=np.float64) * mult
-    t = legs["t"].to_numpy(dtype=np.float64)
-    legs["long_rate"] = np.where(t > LONG_TERM_YEARS, LONG_OPTION_LONG_TERM, LONG_OPTION_SHORT_TERM)
-    legs["sign"] = np.sign(legs["quantity"].to_numpy(dtype=np.float64))
+        naked = np.maximum(pct * s - otm, floor) * mult
+    legs.spot, legs.strike, legs.mult = s, k, mult
+    legs.naked_unit = np.where(legs.option, naked, 0.0)
+    legs.value = num("value")
+    legs.mv_unit = legs.value * mult
+    t = num("t")
+    legs.long_rate = np.where(t > LONG_TERM_YEARS, LONG_OPTION_LONG_TERM, LONG_OPTION_SHORT_TERM)
+    quantity = positions["quantity"].to_numpy()
+    qf = np.asarray(quantity, dtype=np.float64)
+    legs.sign = np.sign(qf)
+    legs.long_ = quantity > 0
+    legs.short = quantity < 0
+    legs.absq = np.abs(qf)
+    expiry = positions["expiry"]
+    if not (isinstance(expiry.dtype, np.dtype) and expiry.dtype.kind == "M"):
+        expiry = pd.to_datetime(expiry)
+        if isinstance(expiry.dtype, pd.DatetimeTZDtype):  # compare the instants
+            expiry = expiry.dt.tz_convert("UTC").dt.tz_localize(None)
+    exp = expiry.to_numpy().astype("datetime64[ns]")
+    legs.exp_nat = np.isnat(exp)
+    legs.exp = exp.view(np.int64)
+    legs.mult_code = _codes(mult)
     return legs
 
 
-def _alive(legs: pd.DataFrame, rem: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
-    return legs[mask & (rem > 0)]
+def _as_str(series: pd.Series) -> pd.Series:
+    """``series.astype(str)``, skipped where the values are strings already."""
+    return series if isinstance(series.dtype, pd.StringDtype) else series.astype(str)
+
+
+def _factorize(columns: list[pd.Series], values: bool = False) -> tuple[np.ndarray, object]:
+    """Integer codes of the concatenated ``columns``: equal strings equal codes, -1 missing.
+
+    Returns the codes (``int64``) and the number of distinct values, or with
+    ``values`` the distinct values themselves (a list). String columns go
+    through Arrow's ``dictionary_encode``; anything else through ``pd.factorize``.
+    """
+    try:
+        arrays = [_large_strings(c) for c in columns]
+    except (TypeError, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        codes, uniques = pd.factorize(pd.concat(columns, ignore_index=True) if len(columns) > 1 else columns[0])
+        codes = np.asarray(codes, dtype=np.int64)
+        return codes, (list(uniques) if values else len(uniques))
+    arr = arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+    enc = pc.dictionary_encode(arr)
+    codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, (enc.dictionary.to_pylist() if values else len(enc.dictionary))
+
+
+def _large_strings(series: pd.Series) -> pa.Array:
+    """A column of strings (or missing values) as one Arrow ``large_string`` array; TypeError otherwise."""
+    arr = pa.array(series, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_null(arr.type) or pa.types.is_string(arr.type):
+        return arr.cast(pa.large_string())
+    if pa.types.is_large_string(arr.type):
+        return arr
+    raise TypeError(f"not strings: {arr.type}")
+
+
+def _arrow_strings(series: pd.Series) -> pa.Array:
+    """A string column as one Arrow string array (zero-copy for pandas' ``str`` dtype)."""
+    arr = pa.array(series, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.large_string())
+    return arr
+
+
+def _raise_duplicate(positions: pd.DataFrame) -> None:
+    ids = positions["position_id"]
+    dup = ids.duplicated(keep=False)
+    if not dup.any():  # equal only as strings
+        ids = ids.astype(str)
+        dup = ids.duplicated(keep=False)
+    raise InputFileError(
+        f"positions: 'position_id' must be unique (got {ids[dup].iloc[0]!r} "
+        "more than once); give each position its own id"
+    )
+
+
+def _codes(x: np.ndarray) -> np.ndarray:
+    """Equal values get equal ``int64`` codes (NaN and NaT included, as in a pandas merge)."""
+    return np.asarray(pd.factorize(x, use_na_sentinel=False)[0], dtype=np.int64)
+
+
+def _key(*parts: tuple[np.ndarray, int]) -> np.ndarray:
+    """One ``int64`` key, equal where every ``(codes, n_codes)`` part is equal."""
+    key = np.zeros(parts[0][0].shape[0], dtype=np.int64)
+    card = 1
+    for codes, n in parts:
+        n = max(int(n), 1)
+        if card * n >= _KEY_LIMIT:
+            key = _codes(key)
+            card = int(key.max()) + 1 if key.size else 1
+        key = key * n + codes
+        card *= n
+    return key
+
+
+def _split_key(n_a: int, *parts: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_key` of both sides of a join at once (``parts`` hold side ``a``'s ``n_a`` rows first)."""
+    key = _key(*parts)
+    return key[:n_a], key[n_a:]
+
+
+def _dense_rank(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """0-based ranks of ``x`` with equal values (NaN with NaN) sharing a rank, and their count."""
+    if x.size == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    o = np.argsort(x)
+    xs = x[o]
+    new = np.empty(x.size, dtype=bool)
+    new[0] = True
+    neq = xs[1:] != xs[:-1]
+    if xs.dtype.kind == "f":
+        neq &= ~(np.isnan(xs[1:]) & np.isnan(xs[:-1]))
+    new[1:] = neq
+    ranks = np.empty(x.size, dtype=np.int64)
+    ranks[o] = np.cumsum(new) - 1
+    return ranks, int(ranks.max()) + 1
+
+
+def _lex_order(floats: list[np.ndarray], ints: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Indices that sort by the keys ``floats`` then ``ints`` (primary first).
+
+    ``ints`` are ``(codes, n_codes)`` with codes in ``0..n_codes-1``. One
+    ``argsort`` of a packed ``int64`` key made of the dense ranks of the floats
+    (small whole numbers are their own rank) and the codes; rows with equal
+    keys come in no particular order.
+    """
+    combined = np.zeros((floats[0] if floats else ints[0][0]).shape[0], dtype=np.int64)
+    card = 1
+    for k in floats:
+        parts = _float_codes(k)
+        for r, n in [parts] if parts[1] > 1 else []:
+            if card * n >= _KEY_LIMIT:
+                combined, card = _dense_rank(combined)
+            combined = combined * n + r
+            card *= n
+    for r, n in ints:
+        n = max(int(n), 1)
+        if n > 1:
+            if card * n >= _KEY_LIMIT:
+                combined, card = _dense_rank(combined)
+            combined = combined * n + r
+            card *= n
+    return np.argsort(combined)
+
+
+def _float_codes(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Order-preserving ``int64`` codes of ``x`` (equal values equal codes) and their bound."""
+    if x.size == 0:
+        return np.zeros(0, dtype=np.int64), 1
+    lo, hi = x.min(), x.max()
+    if lo == hi:  # constant (NaN compares unequal and is ranked below)
+        return np.zeros(x.size, dtype=np.int64), 1
+    if lo >= 0 and hi < 1 << 20:
+        as_int = x.astype(np.int64)
+        if np.array_equal(as_int, x):  # small whole numbers: their own codes
+            return as_int, int(hi) + 1
+    return _dense_rank(x)
+
+
+def _join(ka: np.ndarray, kb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``(i, j)`` with ``ka[i] == kb[j]`` (an inner join on one integer key)."""
+    ob = np.argsort(kb)
+    sb = kb[ob]
+    lo = np.searchsorted(sb, ka, "left")
+    cnt = np.searchsorted(sb, ka, "right") - lo
+    total = int(cnt.sum())
+    i = np.repeat(np.arange(ka.shape[0], dtype=np.int64), cnt)
+    start = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)
+    j = ob[start + np.arange(total, dtype=np.int64)]
+    return i, j
 
 
 # --------------------------------------------------------------------------- #
 # candidate pairs; every builder returns ia, ib, rb, integral, cost_{a,b}_{i,m}
-# (per pair unit), strategy, tie-break columns (tie1, tie2, smaller is better)
+# (per pair unit), strategy code, tie-break arrays (tie1, tie2, smaller is better)
 
 
-def _cover_edges(legs: pd.DataFrame, rem: np.ndarray) -> pd.DataFrame:
+def _edges(ia, ib, rb, integral, ca_i, ca_m, cb_i, cb_m, strat, tie1, tie2) -> SimpleNamespace:
+    return SimpleNamespace(
+        ia=ia, ib=ib, rb=rb, integral=integral, ca_i=ca_i, ca_m=ca_m, cb_i=cb_i, cb_m=cb_m,
+        strat=strat, tie1=tie1, tie2=tie2,
+    )  # fmt: skip
+
+
+def _concat_edges(parts: list[SimpleNamespace]) -> SimpleNamespace | None:
+    parts = [p for p in parts if p.ia.size]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return SimpleNamespace(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in vars(parts[0])})
+
+
+def _cover_edges(legs: SimpleNamespace, rem: np.ndarray) -> SimpleNamespace | None:
     """Short call vs long shares (own or tracking ETF); short put vs short shares."""
-    kind = legs["kind"].to_numpy()
-    q = legs["quantity"].to_numpy()
-    is_call = legs["is_call"].to_numpy(dtype=bool)
+    alive = rem > 0
+    au = _key((legs.acct, legs.n_acc), (legs.und, legs.n_und))
     out = []
     for call, stock_long in ((True, True), (False, False)):
-        opt_mask = (kind == "option") & (q < 0) & (is_call == call)
-        stk_mask = (kind == "stock") & ((q > 0) == stock_long)
-        a = _alive(legs, rem, opt_mask)[["idx", "account_id", "underlying", "strike", "spot", "multiplier"]]
-        b = _alive(legs, rem, stk_mask)[["idx", "account_id", "underlying", "tracks", "value", "multiplier"]]
-        if a.empty or b.empty:
+        opt_mask = legs.option & legs.short & (legs.is_call == call)
+        stk_mask = legs.stock & (legs.long_ == stock_long)
+        a = np.flatnonzero(opt_mask & alive)
+        b = np.flatnonzero(stk_mask & alive)
+        if a.size == 0 or b.size == 0:
             continue
-        own = a.merge(b.drop(columns="tracks"), on=["account_id", "underlying"], suffixes=("_a", "_b"))
-        own["rb"] = own["multiplier_a"] / own["multiplier_b"]
-        own["tie1"] = 0.0
-        b_etf = b[b["tracks"].notna()].rename(columns={"underlying": "stock_underlying"})
-        etf = a.merge(
-            b_etf, left_on=["account_id", "underlying"], right_on=["account_id", "tracks"], suffixes=("_a", "_b")
-        )
-        etf = etf[etf["stock_underlying"] != etf["underlying"]].drop(columns=["tracks", "stock_underlying"])
+        i, j = _join(au[a], au[b])
+        own_a, own_b = a[i], b[j]
+        own_rb = legs.mult[own_a] / legs.mult[own_b]
+        bt = b[legs.trk[b] >= 0]
+        i, j = _join(*_split_key(a.size, (np.concatenate([legs.acct[a], legs.acct[bt]]), legs.n_acc),
+                                 (np.concatenate([legs.und[a], legs.trk[bt]]), legs.n_und)))  # fmt: skip
+        etf_a, etf_b = a[i], bt[j]
+        other = legs.und[etf_b] != legs.und[etf_a]
+        etf_a, etf_b = etf_a[other], etf_b[other]
         # ETF shares whose value equals the call's aggregate index value per contract
-        etf["rb"] = etf["spot"] * etf["multiplier_a"] / (etf["value"] * etf["multiplier_b"])
-        etf["tie1"] = 1.0  # own shares before ETF shares
-        e = pd.concat([own, etf], ignore_index=True)
-        if e.empty:
+        etf_rb = legs.spot[etf_a] * legs.mult[etf_a] / (legs.value[etf_b] * legs.mult[etf_b])
+        ia = np.concatenate([own_a, etf_a])
+        if ia.size == 0:
             continue
-        e = e.rename(columns={"idx_a": "ia", "idx_b": "ib"})
-        mv = e["rb"] * e["value"] * e["multiplier_b"]  # stock value per contract covered
-        ratio = e["strike"] / e["spot"]
+        ib = np.concatenate([own_b, etf_b])
+        rb = np.concatenate([own_rb, etf_rb])
+        tie1 = np.concatenate([np.zeros(own_a.size), np.ones(etf_a.size)])  # own shares before ETF shares
+        mv = rb * legs.value[ib] * legs.mult[ib]  # stock value per contract covered
+        ratio = legs.strike[ia] / legs.spot[ia]
         # the stock earns no credit beyond the strike: valued at min(S, K) behind a
         # call, at max(S, K) behind a put (equal to the plain rule when OTM)
         v_star = mv * (np.minimum(1.0, ratio) if call else np.maximum(1.0, ratio))
         rates = LONG_STOCK if stock_long else SHORT_STOCK
-        e["cost_b_i"] = rates[0] * v_star + (mv - v_star).abs()
-        e["cost_b_m"] = rates[1] * v_star + (mv - v_star).abs()
-        prem = legs["mv_unit"].to_numpy()[e["ia"].to_numpy()]
-        e["cost_a_i"] = -prem
-        e["cost_a_m"] = -prem
-        e["strategy"] = "covered_call" if call else "covered_put"
-        e["integral"] = True
-        e["tie2"] = 0.0
-        out.append(e)
-    return _finish(out)
+        excess = np.abs(mv - v_star)
+        prem = -legs.mv_unit[ia]
+        strat = np.full(ia.size, _S["covered_call" if call else "covered_put"], dtype=np.int64)
+        out.append(_edges(
+            ia, ib, rb, np.ones(ia.size, dtype=bool), prem, prem,
+            rates[0] * v_star + excess, rates[1] * v_star + excess, strat, tie1, np.zeros(ia.size),
+        ))  # fmt: skip
+    return _concat_edges(out)
 
 
-def _spread_edges(legs: pd.DataFrame, rem: np.ndarray) -> pd.DataFrame:
+def _spread_edges(legs: SimpleNamespace, rem: np.ndarray) -> SimpleNamespace | None:
     """Short option vs long option, same underlying, right and multiplier, long expiring no earlier."""
-    option = (legs["kind"] == "option").to_numpy()
-    q = legs["quantity"].to_numpy()
-    cols = ["idx", "account_id", "underlying", "is_call", "multiplier", "strike", "expiry"]
-    cols += ["mv_unit", "naked_unit"]
-    a = _alive(legs, rem, option & (q < 0))[cols]
-    b = _alive(legs, rem, option & (q > 0))[cols]
-    if a.empty or b.empty:
-        return _finish([])
-    e = a.merge(b, on=["account_id", "underlying", "is_call", "multiplier"], suffixes=("_a", "_b"))
-    e = e[e["expiry_b"] >= e["expiry_a"]]
-    if e.empty:
-        return _finish([])
-    e = e.rename(columns={"idx_a": "ia", "idx_b": "ib"})
-    risk_width = np.where(e["is_call"], e["strike_b"] - e["strike_a"], e["strike_a"] - e["strike_b"])
-    short_cost = np.maximum(risk_width, 0.0) * e["multiplier"] - e["mv_unit_a"]
-    e["cost_a_i"] = short_cost
-    e["cost_a_m"] = short_cost
+    alive = rem > 0
+    a = np.flatnonzero(legs.option & legs.short & alive)
+    b = np.flatnonzero(legs.option & legs.long_ & alive)
+    if a.size == 0 or b.size == 0:
+        return None
+    key = _key((legs.acct, legs.n_acc), (legs.und, legs.n_und), (legs.is_call.astype(np.int64), 2),
+               (legs.mult_code, legs.n))  # fmt: skip
+    i, j = _join(key[a], key[b])
+    ia, ib = a[i], b[j]
+    ok = (legs.exp[ib] >= legs.exp[ia]) & ~legs.exp_nat[ia] & ~legs.exp_nat[ib]
+    ia, ib = ia[ok], ib[ok]
+    if ia.size == 0:
+        return None
+    ka, kb = legs.strike[ia], legs.strike[ib]
+    risk_width = np.where(legs.is_call[ia], kb - ka, ka - kb)
+    short_cost = np.maximum(risk_width, 0.0) * legs.mult[ia] - legs.mv_unit[ia]
     # the long leg of a spread is paid for in full, also beyond nine months
-    e["cost_b_i"] = e["mv_unit_b"]
-    e["cost_b_m"] = e["mv_unit_b"]
-    e["strategy"] = np.where(risk_width > 0, "credit_spread", "debit_spread")
-    e["rb"] = 1.0
-    e["integral"] = False
-    e["tie1"] = (e["strike_b"] - e["strike_a"]).abs()
-    e["tie2"] = (e["expiry_b"] - e["expiry_a"]).dt.days.astype(np.float64)
-    return _finish([e])
+    long_cost = legs.mv_unit[ib]
+    strat = np.where(risk_width > 0, _S["credit_spread"], _S["debit_spread"]).astype(np.int64)
+    days = ((legs.exp[ib] - legs.exp[ia]) // 86_400_000_000_000).astype(np.float64)
+    return _edges(
+        ia, ib, np.ones(ia.size), np.zeros(ia.size, dtype=bool), short_cost, short_cost,
+        long_cost, long_cost, strat, np.abs(kb - ka), days,
+    )  # fmt: skip
 
 
-def _straddle_edges(legs: pd.DataFrame, rem: np.ndarray) -> pd.DataFrame:
+def _straddle_edges(legs: SimpleNamespace, rem: np.ndarray) -> SimpleNamespace | None:
     """Short call vs short put, same underlying, expiry and multiplier."""
-    option = (legs["kind"] == "option").to_numpy()
-    q = legs["quantity"].to_numpy()
-    is_call = legs["is_call"].to_numpy(dtype=bool)
-    cols = ["idx", "account_id", "underlying", "expiry", "multiplier", "strike", "mv_unit", "naked_unit"]
-    a = _alive(legs, rem, option & (q < 0) & is_call)[cols]
-    b = _alive(legs, rem, option & (q < 0) & ~is_call)[cols]
-    if a.empty or b.empty:
-        return _finish([])
-    e = a.merge(b, on=["account_id", "underlying", "expiry", "multiplier"], suffixes=("_a", "_b"))
-    if e.empty:
-        return _finish([])
-    e = e.rename(columns={"idx_a": "ia", "idx_b": "ib"})
+    alive = rem > 0
+    short_opt = legs.option & legs.short & alive
+    a = np.flatnonzero(short_opt & legs.is_call)
+    b = np.flatnonzero(short_opt & ~legs.is_call)
+    if a.size == 0 or b.size == 0:
+        return None
+    exp_code = _codes(legs.exp)
+    key = _key((legs.acct, legs.n_acc), (legs.und, legs.n_und), (exp_code, legs.n), (legs.mult_code, legs.n))
+    i, j = _join(key[a], key[b])
+    if i.size == 0:
+        return None
+    ia, ib = a[i], b[j]
     # the greater naked requirement counted with its own premium, plus the other
     # premium; on NLV both premiums come off: the greater leg's naked amount
-    call_greater = (e["naked_unit_a"] + e["mv_unit_a"]) >= (e["naked_unit_b"] + e["mv_unit_b"])
-    e["cost_a_i"] = np.where(call_greater, e["naked_unit_a"], 0.0)
-    e["cost_b_i"] = np.where(call_greater, 0.0, e["naked_unit_b"])
-    e["cost_a_m"] = e["cost_a_i"]
-    e["cost_b_m"] = e["cost_b_i"]
-    e["strategy"] = np.where(e["strike_a"] == e["strike_b"], "straddle", "strangle")
-    e["rb"] = 1.0
-    e["integral"] = False
-    e["tie1"] = (e["strike_a"] - e["strike_b"]).abs()
-    e["tie2"] = 0.0
-    return _finish([e])
-
-
-_EDGE_COLUMNS = [
-    "ia", "ib", "rb", "integral", "cost_a_i", "cost_a_m", "cost_b_i", "cost_b_m",
-    "strategy", "tie1", "tie2",
-]  # fmt: skip
-
-
-def _finish(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frames = [f[_EDGE_COLUMNS] for f in frames if not f.empty]
-    if not frames:
-        return pd.DataFrame(columns=_EDGE_COLUMNS)
-    return pd.concat(frames, ignore_index=True)
-
-
-def _rank(edges: pd.DataFrame, legs: pd.DataFrame, stand_i: np.ndarray, stand_m: np.ndarray) -> pd.DataFrame:
-    """Keep candidates that lower both I and M; sort best first (largest initial saving per pair unit)."""
-    ia = edges["ia"].to_numpy(dtype=np.int64)
-    ib = edges["ib"].to_numpy(dtype=np.int64)
-    rb = edges["rb"].to_numpy(dtype=np.float64)
-    save_i = stand_i[ia] + stand_i[ib] * rb - edges["cost_a_i"].to_numpy() - edges["cost_b_i"].to_numpy()
-    save_m = stand_m[ia] + stand_m[ib] * rb - edges["cost_a_m"].to_numpy() - edges["cost_b_m"].to_numpy()
-    pid = legs["position_id"].to_numpy()
-    edges = edges.assign(
-        ia=ia, ib=ib, rb=rb, _neg_save=-save_i, _ok=np.minimum(save_i, save_m) > _MIN_SAVING,
-        pid_a=pid[ia], pid_b=pid[ib], integral=edges["integral"].to_numpy(dtype=bool),
+    na, nb = legs.naked_unit[ia], legs.naked_unit[ib]
+    call_greater = (na + legs.mv_unit[ia]) >= (nb + legs.mv_unit[ib])
+    cost_a = np.where(call_greater, na, 0.0)
+    cost_b = np.where(call_greater, 0.0, nb)
+    ka, kb = legs.strike[ia], legs.strike[ib]
+    strat = np.where(ka == kb, _S["straddle"], _S["strangle"]).astype(np.int64)
+    return _edges(
+        ia, ib, np.ones(ia.size), np.zeros(ia.size, dtype=bool), cost_a, cost_a, cost_b, cost_b,
+        strat, np.abs(ka - kb), np.zeros(ia.size),
     )  # fmt: skip
-    edges = edges[edges["_ok"]]
-    keys = ["_neg_save", "tie1", "tie2", "pid_a", "pid_b"]
-    return edges.sort_values(keys, kind="mergesort").reset_index(drop=True)
+
+
+def _rank(
+    edges: SimpleNamespace, legs: SimpleNamespace, stand_i: np.ndarray, stand_m: np.ndarray
+) -> SimpleNamespace | None:
+    """Keep candidates that lower both I and M; sort best first (largest initial saving per pair unit).
+
+    Ties go to the smaller ``tie1``, ``tie2``, then the two legs' ``position_id``:
+    ``legs.pos`` numbers the legs of an account in ``position_id`` order, and
+    a candidate pairs legs of one account; candidates of different accounts
+    share no leg, so their relative order does not change any result.
+    """
+    ia, ib, rb = edges.ia, edges.ib, edges.rb
+    save_i = stand_i[ia] + stand_i[ib] * rb - edges.ca_i - edges.cb_i
+    save_m = stand_m[ia] + stand_m[ib] * rb - edges.ca_m - edges.cb_m
+    ok = np.flatnonzero(np.minimum(save_i, save_m) > _MIN_SAVING)
+    if ok.size == 0:
+        return None
+    ia, ib = ia[ok], ib[ok]
+    order = _lex_order(
+        [-save_i[ok], edges.tie1[ok], edges.tie2[ok]], [(legs.pos[ia], legs.n_pos), (legs.pos[ib], legs.n_pos)]
+    )
+    take = ok[order]
+    return SimpleNamespace(**{k: v[take] for k, v in vars(edges).items() if k not in ("tie1", "tie2")})
 
 
 # --------------------------------------------------------------------------- #
 # output rows
 
 
-def _pair_parts(taken: pd.DataFrame, legs: pd.DataFrame, pass_no: int) -> pd.DataFrame:
-    """Two rows (one per leg) for every formed pair; amounts are per pair unit times units."""
-    acct = legs["account_id"].to_numpy()
-    sign = legs["sign"].to_numpy()
-    q = taken["q"].to_numpy()
-    ia = taken["ia"].to_numpy()
-    ib = taken["ib"].to_numpy()
-    qb = q * taken["rb"].to_numpy()
-    order = np.arange(len(taken), dtype=np.int64)
-    side_a = pd.DataFrame({
-        "position_id": taken["pid_a"].to_numpy(), "account_id": acct[ia],
-        "strategy": taken["strategy"].to_numpy(), "paired_with": taken["pid_b"].to_numpy(),
-        "paired_quantity": sign[ia] * q,
-        "regt_initial": taken["cost_a_i"].to_numpy() * q, "regt_maintenance": taken["cost_a_m"].to_numpy() * q,
-        "_pass": pass_no, "_order": order,
-    })  # fmt: skip
-    side_b = pd.DataFrame({
-        "position_id": taken["pid_b"].to_numpy(), "account_id": acct[ib],
-        "strategy": taken["strategy"].to_numpy(), "paired_with": taken["pid_a"].to_numpy(),
-        "paired_quantity": sign[ib] * qb,
-        "regt_initial": taken["cost_b_i"].to_numpy() * q, "regt_maintenance": taken["cost_b_m"].to_numpy() * q,
-        "_pass": pass_no, "_order": order,
-    })  # fmt: skip
-    return pd.concat([side_a, side_b], ignore_index=True).astype(
-        {"paired_quantity": np.float64, "regt_initial": np.float64, "regt_maintenance": np.float64}
-    )
+def _pair_parts(edges: SimpleNamespace, t: np.ndarray, q: np.ndarray, sign: np.ndarray) -> list[tuple]:
+    """Two row blocks (one per side) for the formed pairs ``t``; amounts per pair unit times units."""
+    ia, ib, strat = edges.ia[t], edges.ib[t], edges.strat[t]
+    qb = q * edges.rb[t]
+    side_a = (ia, ib, strat, sign[ia] * q, edges.ca_i[t] * q, edges.ca_m[t] * q)
+    side_b = (ib, ia, strat, sign[ib] * qb, edges.cb_i[t] * q, edges.cb_m[t] * q)
+    return [side_a, side_b]
 
 
 def _standalone_parts(
-    legs: pd.DataFrame, rem: np.ndarray, stand_i: np.ndarray, stand_m: np.ndarray, pass_no: int
-) -> pd.DataFrame:
+    legs: SimpleNamespace, rem: np.ndarray, stand_i: np.ndarray, stand_m: np.ndarray
+) -> tuple:
     """Rows for what is left of every leg after pairing, margined alone."""
-    keep = rem > 0
-    kind = legs["kind"].to_numpy()
-    long_ = legs["quantity"].to_numpy() > 0
-    is_call = legs["is_call"].to_numpy(dtype=bool)
+    keep = np.flatnonzero(rem > 0)
+    long_ = legs.long_[keep]
+    stock = legs.stock[keep]
     strategy = np.select(
-        [kind == "future", (kind == "stock") & long_, kind == "stock", long_, is_call],
-        ["future", "long_stock", "short_stock", "long_option", "naked_call"],
-        default="naked_put",
-    )
-    return pd.DataFrame({
-        "position_id": legs["position_id"].to_numpy()[keep],
-        "account_id": legs["account_id"].to_numpy()[keep],
-        "strategy": strategy[keep],
-        "paired_with": np.full(int(keep.sum()), None, dtype=object),
-        "paired_quantity": (legs["sign"].to_numpy() * rem)[keep].astype(np.float64),
-        "regt_initial": (stand_i * rem)[keep].astype(np.float64),
-        "regt_maintenance": (stand_m * rem)[keep].astype(np.float64),
-        "_pass": pass_no,
-        "_order": np.zeros(int(keep.sum()), dtype=np.int64),
+        [legs.future[keep], stock & long_, stock, long_, legs.is_call[keep]],
+        [_S["future"], _S["long_stock"], _S["short_stock"], _S["long_option"], _S["naked_call"]],
+        default=_S["naked_put"],
+    ).astype(np.int64)
+    r = rem[keep]
+    return (keep, np.full(keep.size, -1, dtype=np.int64), strategy,
+            legs.sign[keep] * r, stand_i[keep] * r, stand_m[keep] * r)  # fmt: skip
+
+
+def _output(
+    legs: SimpleNamespace, parts: list[tuple], *, object_ids: bool, object_strategy: bool
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Sort the row blocks by (account, position_id, pass, order) and build the two frames.
+
+    ``parts`` arrive in (pass, order) order and a leg appears on one side of a
+    pass only, so sorting on (the leg's rank, the row's place) gives that order. The
+    ``object_*`` flags give the column dtypes the frames have always had when a
+    block was empty (``object`` instead of ``str``).
+    """
+    leg, partner, strat, pq, ri, rm = (np.concatenate(c) for c in zip(*parts))
+    n_rows = leg.shape[0]
+    rank = legs.rank[leg]
+    if legs.n * n_rows < _KEY_LIMIT:
+        o = np.argsort(rank * n_rows + np.arange(n_rows, dtype=np.int64))
+    else:
+        o = np.argsort(rank, kind="stable")
+    leg, partner, strat, pq, ri, rm = leg[o], partner[o], strat[o], pq[o], ri[o], rm[o]
+
+    position_id = _str_column(legs.pid.take(pa.array(leg)), object_ids)
+    account_id = _str_column(legs.acct_ids.take(pa.array(leg)), object_ids)
+    strategy = _str_column(pa.array(STRATEGIES, type=pa.large_string()).take(pa.array(strat)), object_strategy)
+    has = partner >= 0
+    paired_with = np.full(n_rows, None, dtype=object)
+    if has.any():
+        paired_with[has] = legs.pid.take(pa.array(partner[has])).to_numpy(zero_copy_only=False)
+    leg_frame = pd.DataFrame({
+        "position_id": position_id, "account_id": account_id, "strategy": strategy,
+        "paired_with": pd.Series(paired_with, dtype=object, copy=False),
+        "paired_quantity": pq.astype(np.float64), "regt_initial": ri.astype(np.float64),
+        "regt_maintenance": rm.astype(np.float64),
     })  # fmt: skip
 
+    # per account: pandas' (compensated) group sum over the rows in output order
+    # (one 2-D block is quicker for few rows, one block per column for many)
+    values = pd.DataFrame(np.column_stack([ri, rm]) if n_rows < 4096 else {0: ri, 1: rm})
+    grouped = values.groupby(legs.acct[leg]).sum()
+    sums = np.zeros((legs.n_acc, 2), dtype=np.float64)
+    sums[grouped.index.to_numpy(dtype=np.int64)] = grouped.to_numpy(dtype=np.float64)
+    accounts = pd.DataFrame({
+        "account_id": _str_column(legs.acct_names, False),
+        "regt_initial": sums[:, 0], "regt_maintenance": sums[:, 1],
+    })  # fmt: skip
+    return accounts, leg_frame
+
+
+def _str_column(arr: pa.Array, as_object: bool):
+    """Arrow strings as the column pandas builds from Python strings (or an ``object`` column)."""
+    if as_object or _STR_DTYPE == np.dtype(object):
+        return pd.Series(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object), dtype=object, copy=False)
+    return pd.array(arr, dtype=_STR_DTYPE)
+
+
+def _empty_result() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frames for no positions (with the dtypes they have always had)."""
+    obj = np.zeros(0, dtype=object)
+    flt = np.zeros(0, dtype=np.float64)
+    accounts = pd.DataFrame({"account_id": obj, "regt_initial": flt, "regt_maintenance": flt})
+    legs = pd.DataFrame({
+        "position_id": obj, "account_id": obj, "strategy": pd.Series(np.zeros(0, dtype="<U11")),
+        "paired_with": obj, "paired_quantity": flt, "regt_initial": flt, "regt_maintenance": flt,
+    })  # fmt: skip
+    return accounts, legs

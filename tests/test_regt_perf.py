@@ -1,0 +1,300 @@
+"""The fast Reg T implementation (gpu_margin._regt) gives exactly the results of the
+previous one, kept as an oracle in tests/_regt_reference.py: on seeded synthetic
+books run through the pipeline, on hypothesis-generated books, and for the
+greedy matching on its own (including the event-driven rounds).
+
+Set GPU_MARGIN_REGT_200K=1 to also compare on the 200,000-position book of the
+benchmark (about a minute).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tomllib
+
+import _regt_reference as reference
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_regt import EXP, EXP_LATE, books, frame, fut, opt, stk
+
+from gpu_margin import _regt
+from gpu_margin._exceptions import InputFileError
+
+STRING_COLUMNS = ["account_id", "position_id", "underlying", "kind", "product_group", "tracks"]
+
+
+def assert_same(df: pd.DataFrame) -> None:
+    """Both implementations: the same frames (rows, order, dtypes, strings; numbers to 1e-12)."""
+    want_acc, want_legs = reference.regt_requirements(df)
+    got_acc, got_legs = _regt.regt_requirements(df)
+    for want, got in ((want_acc, got_acc), (want_legs, got_legs)):
+        pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-12, atol=1e-12)
+        for col in want.columns:  # strings and None exactly, also inside object columns
+            if not pd.api.types.is_float_dtype(want[col].dtype):
+                assert got[col].tolist() == want[col].tolist(), col
+
+
+def pipeline_positions(path) -> pd.DataFrame:
+    """The valid positions frame that the pipeline hands to regt_requirements for a book folder."""
+    from gpu_margin._backend import select_backend
+    from gpu_margin._compute import margin_frames
+    from gpu_margin._io import read_accounts, read_market, read_positions
+    from gpu_margin._methodology import load_methodology
+    from gpu_margin._validate import validate_positions
+
+    with open(path / "job.toml", "rb") as f:
+        job = tomllib.load(f)
+    market = read_market(path / job["market"]).frame
+    valid, rejects = validate_positions(
+        read_positions(path / job["positions"]).frame, market,
+        asof=dt.date.fromisoformat(job["asof"]), rate=job["rate"],
+    )  # fmt: skip
+    acc = read_accounts(path / job["accounts"]).frame
+    res = margin_frames(valid, rejects, market, acc, load_methodology(job["methodology"]), select_backend("cpu"))
+    return res["positions"]
+
+
+@pytest.fixture(scope="module")
+def book_20k(tmp_path_factory):
+    from gpu_margin._synth import write_book
+
+    path = tmp_path_factory.mktemp("regt_book") / "book"
+    write_book(path, 20000, seed=3)
+    return pipeline_positions(path)
+
+
+# --------------------------------------------------------------------------- #
+# synthetic books
+
+
+@pytest.mark.slow
+def test_synthetic_book_20k_seed3(book_20k):
+    assert len(book_20k) > 19000
+    assert_same(book_20k)
+
+
+def test_synthetic_book_shuffled_and_as_object_columns(book_20k):
+    rng = np.random.default_rng(5)
+    df = book_20k.iloc[rng.permutation(len(book_20k))[:6000]].reset_index(drop=True)
+    assert_same(df)
+    assert_same(df.astype({c: object for c in STRING_COLUMNS}))
+
+
+@pytest.mark.parametrize("seed", [1, 11])
+def test_small_synthetic_books(tmp_path, seed):
+    from gpu_margin._synth import write_book
+
+    write_book(tmp_path / "book", 3000, seed=seed)
+    assert_same(pipeline_positions(tmp_path / "book"))
+
+
+@pytest.mark.skipif(not os.environ.get("GPU_MARGIN_REGT_200K"), reason="set GPU_MARGIN_REGT_200K=1 (slow)")
+def test_synthetic_book_200k_seed2(tmp_path):
+    from gpu_margin._synth import write_book
+
+    write_book(tmp_path / "book", 200000, seed=2)
+    assert_same(pipeline_positions(tmp_path / "book"))
+
+
+def test_single_accounts_of_the_book(book_20k):
+    """Small frames, as the liquidation planner passes them (one account or component at a time)."""
+    sizes = book_20k.groupby("account_id").size().sort_values()
+    for acct in list(sizes.index[-5:]) + list(sizes.index[::997]):
+        assert_same(book_20k[book_20k["account_id"] == acct])
+
+
+# --------------------------------------------------------------------------- #
+# hypothesis books
+
+PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPS
+@given(books(max_rows=12))
+def test_books_of_test_regt(df):
+    assert_same(df)
+
+
+@st.composite
+def wide_books(draw, max_rows=40):
+    """Denser books: more accounts and lots, odd lots, ties in savings, zero
+    quantities, futures, ETFs on two indexes, several expiries and multipliers."""
+    n = draw(st.integers(1, max_rows))
+    rows = []
+    for j in range(n):
+        acct = draw(st.sampled_from(["A", "A", "B", "a10"]))
+        pid = draw(st.sampled_from(["p", "q", "x", "P"])) + f"{j:03d}"
+        what = draw(st.sampled_from(["xyz", "spy", "qqq", "fut", "opt", "opt", "opt", "opt", "opt", "idx", "idx"]))
+        if what == "xyz":
+            q = draw(st.sampled_from([-300, -150, -100, 0, 50, 100, 100, 200, 250, 1000]))
+            rows.append(stk(pid, "XYZ", q, draw(st.sampled_from([50.0, 49.5])), acct=acct))
+        elif what in ("spy", "qqq"):
+            q = draw(st.sampled_from([-2000, 500, 999, 1000, 2000, 5000]))
+            und, trk, px = ("SPY", "SPX", 400.0) if what == "spy" else ("QQQ", "NDX", 350.0)
+            rows.append(stk(pid, und, q, px, acct=acct, group="broad_index", tracks=trk))
+        elif what == "fut":
+            rows.append(fut(pid, "ES", draw(st.sampled_from([-2, 1, 3])), 4000.0, acct=acct))
+        elif what == "opt":
+            late = draw(st.sampled_from([0, 0, 1, 2]))
+            rows.append(opt(
+                pid, draw(st.sampled_from(["XYZ", "XYZ", "ABC"])), draw(st.sampled_from(["C", "P"])),
+                draw(st.sampled_from([40, 45, 50, 50, 55, 60])), draw(st.sampled_from([-5, -3, -2, -1, 0, 1, 2, 3, 4])),
+                50.0, draw(st.sampled_from([0.5, 1.0, 2.5, 2.5, 6.0])), acct=acct,
+                t=(0.25, 1.0, 0.5)[late], expiry=(EXP, EXP_LATE, "2024-09-20")[late],
+                mult=draw(st.sampled_from([100.0, 100.0, 100.0, 10.0])),
+            ))  # fmt: skip
+        else:
+            und = draw(st.sampled_from(["SPX", "NDX"]))
+            rows.append(opt(
+                pid, und, draw(st.sampled_from(["C", "P"])), draw(st.sampled_from([3800, 4000, 4000, 4200])),
+                draw(st.sampled_from([-3, -2, -1, 1, 2])), 4000.0, draw(st.sampled_from([10.0, 60.0, 150.0])),
+                acct=acct, group=draw(st.sampled_from(["broad_index", "broad_index_high_cap", "narrow_index"])),
+            ))  # fmt: skip
+    df = frame(*rows)
+    return df.drop_duplicates("position_id").reset_index(drop=True)
+
+
+@PROPS
+@given(wide_books(), st.randoms(use_true_random=False))
+def test_wide_books(df, rnd):
+    order = list(range(len(df)))
+    rnd.shuffle(order)
+    assert_same(df.iloc[order].reset_index(drop=True))
+
+
+# --------------------------------------------------------------------------- #
+# edge cases: dtypes of the frames, errors
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        pytest.param((stk("s", "XYZ", 100, 50), opt("c", "XYZ", "C", 55, -1, 50, 2.00)), id="all-paired"),
+        pytest.param((stk("s", "XYZ", 150, 50), opt("c", "XYZ", "C", 55, -1, 50, 2.00)), id="mixed"),
+        pytest.param((stk("s", "XYZ", 100, 50),), id="none-paired"),
+        pytest.param((stk("s", "XYZ", 0, 50),), id="zero-quantity"),
+        pytest.param((stk("s", "XYZ", 0, 50), stk("t", "XYZ", 10, 50, acct="B")), id="zero-and-one"),
+        pytest.param(
+            (stk("spy", "SPY", 999, 400, group="broad_index", tracks="SPX"),
+             opt("spx", "SPX", "C", 4100, -1, 4000, 50.0, group="broad_index")), id="cover-ranked-none-formed",
+        ),  # fmt: skip
+        pytest.param(
+            (stk("spy", "SPY", 999, 400, group="broad_index", tracks="SPX"),
+             opt("spx", "SPX", "C", 4100, -1, 4000, 50.0, group="broad_index"),
+             opt("c", "XYZ", "C", 47, -1, 45, 2.10), opt("p", "XYZ", "P", 43, -1, 45, 1.20)), id="none-then-all",
+        ),  # fmt: skip
+        pytest.param((fut("f", "ES", 1, 4000, acct="B"),), id="future-only"),
+    ],
+)
+def test_edge_cases(rows):
+    assert_same(frame(*rows))
+
+
+def test_missing_values_and_zoned_expiries():
+    df = frame(
+        stk("s", "XYZ", 100, 50), opt("c", "XYZ", "C", 55, -1, 50, 2.00), opt("c2", "XYZ", "C", 60, -1, 50, 1.00),
+        stk("t", "ABC", 100, 10), opt("l", "XYZ", "C", 65, 1, 50, 0.5, expiry="2024-09-20"),
+    )  # fmt: skip
+    df.loc[1, "value"] = np.nan
+    df.loc[3, "value"] = np.nan
+    assert_same(df)
+    assert_same(df.assign(expiry=df["expiry"].dt.tz_localize("America/New_York")))
+
+
+def test_empty():
+    assert_same(frame(stk("s", "XYZ", 100, 50)).iloc[:0])
+
+
+def test_integer_ids_and_quantities():
+    df = frame(stk("s", "XYZ", 100, 50), opt("c", "XYZ", "C", 55, -1, 50, 2.00), stk("t", "XYZ", 300, 50, acct="B"))
+    assert_same(df.assign(account_id=[7, 7, 12], position_id=[3, 1, 2], quantity=df["quantity"].astype(np.int64)))
+
+
+@pytest.mark.parametrize(
+    "df",
+    [
+        pytest.param(frame(stk("s", "XYZ", 100, 50), stk("s", "XYZ", 100, 50, acct="B")), id="dup-across-accounts"),
+        pytest.param(frame(stk("s", "XYZ", 100, 50), stk("s", "XYZ", 100, 50)), id="dup-in-account"),
+        pytest.param(
+            frame(stk("a", "XYZ", 1, 50), opt("z", "XYZ", "C", 55, -1, 50, 2.0, group="crypto"),
+                  opt("y", "XYZ", "C", 55, -1, 50, 2.0, group="fx")), id="product-group",
+        ),  # fmt: skip
+        pytest.param(frame(stk("s", "XYZ", 100, 50)).drop(columns=["value", "tracks"]), id="missing-columns"),
+    ],
+)
+def test_same_errors(df):
+    with pytest.raises(InputFileError) as want:
+        reference.regt_requirements(df)
+    with pytest.raises(InputFileError) as got:
+        _regt.regt_requirements(df)
+    assert str(got.value) == str(want.value)
+
+
+# --------------------------------------------------------------------------- #
+# greedy matching on its own
+
+
+@st.composite
+def edge_lists(draw):
+    n_a = draw(st.integers(1, 8))
+    n_b = draw(st.integers(1, 8))
+    pairs = draw(st.lists(st.tuples(st.integers(0, n_a - 1), st.integers(0, n_b - 1)), min_size=1, max_size=40,
+                          unique=True))  # fmt: skip
+    ia = np.array([p[0] for p in pairs], dtype=np.int64)
+    ib = np.array([n_a + p[1] for p in pairs], dtype=np.int64)
+    rb = np.array([draw(st.sampled_from([1.0, 2.0, 100.0, 1.0 / 3.0, 2.5, 0.7])) for _ in pairs])
+    integral = np.array([draw(st.booleans()) for _ in pairs])
+    values = [0.0, 1.0, 2.0, 3.0, 50.0, 100.0, 150.0, 300.0, 400.0, 0.5, 1.0 / 3.0]
+    rem = np.array([draw(st.sampled_from(values)) for _ in range(n_a + n_b)])
+    return ia, ib, rb, integral, rem
+
+
+SWITCHES = pytest.mark.parametrize(
+    "switch", [_regt._SWITCH, 0, 1 << 40], ids=["default", "event-driven-after-round-1", "never-event-driven"]
+)
+
+
+@SWITCHES
+@settings(max_examples=400, deadline=None)
+@given(edge_lists())
+def test_greedy_match_equals_previous(switch, edges):
+    ia, ib, rb, integral, rem = edges
+    want_rem, got_rem = rem.copy(), rem.copy()
+    want = reference.greedy_match(ia, ib, rb, integral, want_rem, rem.copy())
+    saved = _regt._SWITCH
+    _regt._SWITCH = switch
+    try:
+        got = _regt.greedy_match(ia, ib, rb, integral, got_rem, rem.copy())
+    finally:
+        _regt._SWITCH = saved
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_rem, want_rem)
+
+
+@SWITCHES
+def test_greedy_match_dense_blocks(switch):
+    """Large dense components (many shorts against many lots), where the rounds form few pairs each."""
+    rng = np.random.default_rng(0)
+    n_a, n_b = 40, 60
+    ia, ib = (x.ravel() for x in np.meshgrid(np.arange(n_a), n_a + np.arange(n_b), indexing="ij"))
+    keep = rng.random(ia.size) < 0.7
+    ia, ib = ia[keep], ib[keep]
+    order = np.argsort(ia + 3.0 * rng.random(ia.size))  # ranked mostly by the short leg: long chains
+    ia, ib = ia[order], ib[order]
+    rb = rng.choice([100.0, 1000.0, 995.0248756218906, 1.0], ia.size)
+    integral = rb > 1.0
+    rem = np.concatenate([rng.integers(1, 40, n_a), 100 * rng.integers(1, 60, n_b)]).astype(np.float64)
+    want_rem, got_rem = rem.copy(), rem.copy()
+    want = reference.greedy_match(ia, ib, rb, integral, want_rem, rem.copy())
+    saved = _regt._SWITCH
+    _regt._SWITCH = switch
+    try:
+        got = _regt.greedy_match(ia, ib, rb, integral, got_rem, rem.copy())
+    finally:
+        _regt._SWITCH = saved
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_rem, want_rem)
