@@ -56,8 +56,9 @@ def price_grid(
     ``k == 1``). Column ``j`` of the result is scenario ``j`` of the contract's
     row. Values agree with :func:`kernels.bsm_price` / :func:`kernels.american_price`
     at the shocked inputs. On NumPy the European part runs in a fused CPU loop
-    (``kernels._fused_cpu``) unless ``fused=False``; the result is the same to
-    rounding.
+    (``kernels._fused_cpu``) and the American part in fused CPU kernels
+    (``kernels._fused_american``) unless ``fused=False``; the result is the same
+    to rounding.
     """
     if vol_mode not in ("relative", "absolute"):
         raise ValueError(f"vol_mode must be 'relative' or 'absolute' (got {vol_mode!r})")
@@ -87,17 +88,18 @@ def price_grid(
     euro_grid = _european_grid
     if fused and is_numpy_namespace(xp) and _fused_available():
         euro_grid = _european_grid_fused
+    amer_grid = _american_grid_fused if euro_grid is _european_grid_fused else _american_grid
     n_am = int(xp.sum(xp.astype(amer, xp.int64)))
     if n_am == 0:
         return euro_grid(xp, *contracts, spot_shock, vol_shock, vol_mode, vol_floor, block_elements)
     if n_am == n:
-        return _american_grid(xp, *contracts, spot_shock, vol_shock, vol_mode, vol_floor, block_elements)
+        return amer_grid(xp, *contracts, spot_shock, vol_shock, vol_mode, vol_floor, block_elements)
     idx_e = xp.nonzero(~amer)[0]
     idx_a = xp.nonzero(amer)[0]
     part_e = euro_grid(
         xp, *(xp.take(a, idx_e) for a in contracts), spot_shock, vol_shock, vol_mode, vol_floor, block_elements
     )
-    part_a = _american_grid(
+    part_a = amer_grid(
         xp, *(xp.take(a, idx_a) for a in contracts), spot_shock, vol_shock, vol_mode, vol_floor, block_elements
     )
     order = xp.concat([idx_e, idx_a])
@@ -116,6 +118,15 @@ def _european_grid_fused(xp, *args):  # noqa: ARG001
     from ._fused_cpu import european_grid_fused  # noqa: PLC0415
 
     return european_grid_fused(*args[:-1])
+
+
+def _american_grid_fused(xp, *args):
+    """NumPy inputs: the fused CPU boundary solve and valuation (same arguments as ``_american_grid``)."""
+    from . import _fused_american  # noqa: PLC0415
+
+    if not _fused_american.HAVE_NUMBA:  # pragma: no cover
+        return _american_grid(xp, *args)
+    return _fused_american.american_grid_fused(*args[:-1])
 
 
 def _shocked_vol(xp: Any, vol: Any, vs: Any, vol_mode: str, vol_floor: float) -> Any:
