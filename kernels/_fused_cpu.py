@@ -58,26 +58,32 @@ def _value(wi, ln_fk, fk, k_dr, sqrt_t, sig, ln_u, uj, floor):
     return v if v > 0.0 else 0.0
 
 
-def _grid_loop(w, ln_fk, fk, k_dr, sqrt_t, vol, spot, strike, live, row, ln_u, u, vs, relative, floor, out):
-    n = w.shape[0]
+def _grid_loop(call, spot, strike, t, vol, rate, q, row, ln_u, u, vs, relative, floor, out):
+    n = spot.shape[0]
     m = out.shape[1]
     for i in numba.prange(n):  # noqa: B023
         r = row[i]
-        wi = w[i]
+        wi = 1.0 if call[i] else -1.0
         ur = u[r]
         lur = ln_u[r]
         vr = vs[r]
         oi = out[i]
-        if not live[i]:
+        if not t[i] > 0.0:
             for j in range(m):
                 x = wi * (spot[i] * ur[j] - strike[i])
                 oi[j] = x if x > 0.0 else 0.0
-        elif relative:
+            continue
+        # what does not change across scenarios, once per contract
+        ln_fk = math.log(spot[i] / strike[i]) + (rate[i] - q[i]) * t[i]
+        fk = math.exp(ln_fk)
+        k_dr = strike[i] * math.exp(-rate[i] * t[i])
+        sqrt_t = math.sqrt(t[i])
+        if relative:
             for j in range(m):
-                oi[j] = value(wi, ln_fk[i], fk[i], k_dr[i], sqrt_t[i], vol[i] * (1.0 + vr[j]), lur[j], ur[j], floor)
+                oi[j] = value(wi, ln_fk, fk, k_dr, sqrt_t, vol[i] * (1.0 + vr[j]), lur[j], ur[j], floor)
         else:
             for j in range(m):
-                oi[j] = value(wi, ln_fk[i], fk[i], k_dr[i], sqrt_t[i], vol[i] + vr[j], lur[j], ur[j], floor)
+                oi[j] = value(wi, ln_fk, fk, k_dr, sqrt_t, vol[i] + vr[j], lur[j], ur[j], floor)
 
 
 def _price_loop(call, spot, strike, t, vol, rate, q, out):
@@ -117,19 +123,12 @@ def european_grid_fused(
     """Same contract as ``kernels.grid._european_grid`` for NumPy inputs; ``(n, m)`` float64."""
     n = spot.shape[0]
     m = spot_shock.shape[1]
-    live = t > 0.0
-    sqrt_t = np.sqrt(np.where(live, t, 1.0))
-    ln_fk = np.log(spot / strike) + (rate - q) * t
-    fk = np.exp(ln_fk)
-    k_dr = strike * np.exp(-rate * t)
-    w = np.where(call, 1.0, -1.0)
-    u = 1.0 + spot_shock
+    u = 1.0 + np.asarray(spot_shock, dtype=np.float64)
     out = np.empty((n, m), dtype=np.float64)
     loop = _grid_parallel if threading.current_thread() is threading.main_thread() else _grid_serial
+    f64 = [np.ascontiguousarray(a, dtype=np.float64) for a in (spot, strike, t, vol, rate, q)]
     loop(
-        w, ln_fk, fk, k_dr, sqrt_t, np.ascontiguousarray(vol, dtype=np.float64),
-        np.ascontiguousarray(spot, dtype=np.float64), np.ascontiguousarray(strike, dtype=np.float64),
-        np.ascontiguousarray(live), np.ascontiguousarray(shock_row, dtype=np.int64),
+        np.ascontiguousarray(call, dtype=np.bool_), *f64, np.ascontiguousarray(shock_row, dtype=np.int64),
         np.ascontiguousarray(np.log(u)), np.ascontiguousarray(u), np.ascontiguousarray(vol_shock, dtype=np.float64),
         vol_mode == "relative", float(vol_floor), out,
     )
