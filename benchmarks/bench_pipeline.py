@@ -61,6 +61,7 @@ def main() -> None:
     print(header)
     for size in (int(s) for s in args.sizes.split(",")):
         book = Path(args.books) / f"book-{size}"
+        book.parent.mkdir(parents=True, exist_ok=True)
         if not (book / "job.toml").exists():
             subprocess.run([py, "-m", "gpu_margin", "synth", "--out", str(book), "--positions", str(size),
                             "--seed", "1", "--force"], check=True, stdout=subprocess.DEVNULL)

@@ -113,6 +113,21 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     if n_partitions is None and disjoint and all(r <= partition_rows for r in rows) and len(files) >= wanted:
         parts = [Partition(i, ((i, None),), r) for i, r in enumerate(rows)]
         return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts: one partition per file")
+    if n_partitions is None and disjoint:
+        # every file holds whole accounts: split only the large ones, each by its own accounts' hash
+        per_file = [max(1, -(-r // partition_rows)) for r in rows]
+        while sum(per_file) < wanted and max(rows) >= 2 * MIN_PARTITION_ROWS:
+            i = int(np.argmax([r / k for r, k in zip(rows, per_file)]))
+            per_file[i] += 1
+        parts = []
+        for fi, k in enumerate(per_file):
+            if k == 1:
+                parts.append(Partition(len(parts), ((fi, None),), rows[fi]))
+                continue
+            counts = np.bincount(account_bucket(pd.Series(ids[fi], dtype=object), k), minlength=k)
+            parts += [Partition(len(parts), ((fi, b),), int(counts[b]), k) for b in range(k) if counts[b]]
+        return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts, split by account "
+                                        f"hash within each file into {len(parts)} partition(s)")
     if n_partitions is None:
         n_partitions = wanted
         why = ("accounts span files" if not disjoint else "files are larger than partition_rows"
