@@ -20,19 +20,34 @@ from .kernels._xp import namespace
 def _style_is_american(style: Any, xp: Any, like: Any) -> Any:
     s = np.asarray(style)
     if s.dtype.kind in "US" or s.dtype == object:
-        amer = s == "A"
-        bad = ~(amer | (s == "E"))
+        codes = _letter_codes(s)
+        amer = codes == ord("A") if codes is not None else s == "A"
+        bad = ~(amer | ((codes == ord("E")) if codes is not None else (s == "E")))
         if bad.any():
             raise ValueError(f"style must be 'A' or 'E' (got {s[bad].flat[0]!r})")
         return xp.asarray(amer)
     return xp.asarray(style, dtype=xp.bool)
 
 
+def _letter_codes(a: np.ndarray) -> np.ndarray | None:
+    """One-letter strings as integer code points without per-element string compares (None otherwise)."""
+    if a.dtype.kind == "U" and a.dtype.itemsize == 4:
+        return np.ascontiguousarray(a).view(np.uint32).reshape(a.shape)
+    if a.dtype.kind == "S" and a.dtype.itemsize == 1:
+        return np.ascontiguousarray(a).view(np.uint8).reshape(a.shape)
+    return None
+
+
 def _right_is_call(right: Any, xp: Any) -> Any:
     r = np.asarray(right)
     if r.dtype.kind in "US" or r.dtype == object:
-        call = r == "C"
-        bad = ~(call | (r == "P"))
+        codes = _letter_codes(r)
+        if codes is not None:
+            call = codes == ord("C")
+            bad = ~(call | (codes == ord("P")))
+        else:
+            call = r == "C"
+            bad = ~(call | (r == "P"))
         if bad.any():
             raise ValueError(f"right must be 'C' or 'P' (got {r[bad].flat[0]!r})")
         return xp.asarray(call)
