@@ -125,7 +125,8 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
                 parts.append(Partition(len(parts), ((fi, None),), rows[fi]))
                 continue
             counts = np.bincount(account_bucket(pd.Series(ids[fi], dtype=object), k), minlength=k)
-            parts += [Partition(len(parts), ((fi, b),), int(counts[b]), k) for b in range(k) if counts[b]]
+            for b in np.flatnonzero(counts):
+                parts.append(Partition(len(parts), ((fi, int(b)),), int(counts[b]), k))
         return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts, split by account "
                                         f"hash within each file into {len(parts)} partition(s)")
     if n_partitions is None:
@@ -138,8 +139,8 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     counts = np.zeros(n, dtype=np.int64)
     for a in ids:
         counts += np.bincount(account_bucket(pd.Series(a, dtype=object), n), minlength=n)
-    parts = [Partition(b, tuple((fi, b) for fi in range(len(files))), int(counts[b]), n)
-             for b in range(n) if counts[b]]
+    parts = [Partition(i, tuple((fi, int(b)) for fi in range(len(files))), int(counts[b]), n)
+             for i, b in enumerate(np.flatnonzero(counts))]
     return Plan(files, rows, parts, f"{len(files)} file(s) repartitioned by account_id into {len(parts)} "
                                     f"partition(s) ({why})")
 

@@ -121,6 +121,24 @@ def test_schedulers_agree(book_dir, tmp_path, scheduler):
     assert_equal_results(ref, other)
 
 
+def test_files_larger_than_a_partition_are_split_by_account(book_dir, tmp_path):
+    from gpu_margin._pipeline import plan_partitions
+
+    plan = plan_partitions(book_dir / "positions", partition_rows=20)
+    assert [p.number for p in plan.partitions] == list(range(len(plan.partitions)))
+    assert sum(p.n_rows for p in plan.partitions) == sum(plan.rows_per_file)
+    assert len(plan.partitions) > len(plan.files)
+    job = tmp_path / "job.toml"
+    job.write_text((book_dir / "job.toml").read_text().replace('positions = "positions"',
+                                                                f'positions = "{book_dir / "positions"}"')
+                   .replace('market = "market.parquet"', f'market = "{book_dir / "market.parquet"}"')
+                   .replace('accounts = "accounts.parquet"', f'accounts = "{book_dir / "accounts.parquet"}"')
+                   + "partition_rows = 20\n")
+    res = cli("run", job, "--out", tmp_path / "small", "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert_equal_results(run(book_dir, tmp_path / "ref"), tmp_path / "small")
+
+
 def test_existing_output_is_not_overwritten_without_force(book_dir, tmp_path):
     out = run(book_dir, tmp_path / "o")
     before = {f: (out / f).read_bytes() for f in RESULT_FILES}
