@@ -115,7 +115,7 @@ def main() -> None:
                  timed(lambda: price_grid(*grid_book.values(), False, shocks, zero, fused=False), args.repeat)))
     na = args.american_contracts
     am_book = {k: v[:na] for k, v in grid_book.items()}
-    rows.append(("price_grid American (QD+ boundary reused across price moves)", na * m,
+    rows.append(("price_grid American (ALO, fused; boundary reused across price moves)", na * m,
                  timed(lambda: price_grid(*am_book.values(), True, shocks, zero), args.repeat)))
 
     if ok:  # pragma: no cover (GPU machines)
