@@ -6,6 +6,7 @@ Paths are relative to the job file. Unknown keys are errors naming the key.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -113,7 +114,7 @@ def parse_job(doc: dict[str, Any], path: Path | None = None) -> Job:
         if not isinstance(doc[key], str) or not doc[key]:
             raise bad(key)
         v = Path(doc[key])
-        return v if v.is_absolute() else base / v
+        return v if v.is_absolute() else Path(os.path.normpath(base / v))
 
     kw: dict[str, Any] = {}
     if "methodology" in doc:
@@ -143,7 +144,7 @@ def parse_job(doc: dict[str, Any], path: Path | None = None) -> Job:
             kw[key] = v
     return Job(
         path=path, asof=asof, rate=float(rate), positions=p("positions"), market=p("market"),
-        accounts=p("accounts"), out=p("out") or base / "out", scenarios=p("scenarios"), **kw,
+        accounts=p("accounts"), out=p("out") or Path(os.path.normpath(base / "out")), scenarios=p("scenarios"), **kw,
     )
 
 
