@@ -36,7 +36,6 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("account_id", S), ("position_id", S), ("strategy", S), ("paired_with", S), ("paired_quantity", F),
         ("regt_initial", F), ("regt_maintenance", F),
     ]),
-    "scenario_pnl": pa.schema([("account_id", S), ("scenario_id", S), ("multiplier", F), ("pnl", F)]),
     "margin_calls": pa.schema([
         ("account_id", S), ("reason", S), ("requirement", F), ("nlv", F), ("deficit", F), ("asof", D), ("due", D),
     ]),
@@ -51,7 +50,6 @@ SORT_KEYS: dict[str, list[str]] = {
     "classes": ["account_id", "product_group", "underlying"],
     "rejects": ["source", "row"],
     "regt_legs": ["account_id", "position_id", "strategy", "paired_with"],
-    "scenario_pnl": ["account_id", "scenario_id", "multiplier"],
     "margin_calls": ["account_id"],
     "liquidation": ["account_id", "step"],
 }

@@ -123,7 +123,6 @@ def position_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Bac
     """P/L of every position under every scenario, ``(n_positions, m)``, coverage applied."""
     xp = backend.xp
     p = book.pos
-    n = len(p)
     kind = p["kind"].to_numpy()
     size = backend.asarray((p["quantity"] * p["multiplier"]).to_numpy(np.float64))
     und = backend.asarray(p["_und"].to_numpy(np.int64))
@@ -140,7 +139,6 @@ def position_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Bac
         idx = backend.asarray(np.where(con >= 0, con, 0))
         dv = xp.take(v, idx, axis=0) - xp.take(v0, idx)[:, None]
         unit = xp.where(is_opt[:, None], dv, unit)
-    del n
     return unit * size[:, None] * cover
 
 
