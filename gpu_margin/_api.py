@@ -78,7 +78,7 @@ def option_price(
     dividend_yield: Any = 0.0,
     style: Any = "E",
 ) -> Any:
-    """Model value per unit of underlying of European (BSM) or American (QD+) options.
+    """Model value per unit of underlying of European (BSM) or American (Andersen–Lake–Offengelt, docs/pricing.md) options.
 
     ``right`` is ``"C"``/``"P"`` (or booleans, True = call), ``style`` ``"E"``/``"A"``;
     every argument broadcasts. ``t`` in years, rates continuous.
