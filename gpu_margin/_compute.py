@@ -115,7 +115,8 @@ def margin_frames(
 
     if account_ids is None:
         account_ids = set(book.accounts) | set(acc["account_id"]) | set(rejects["account_id"].dropna())
-    all_ids = pd.Index(sorted(account_ids), name="account_id", dtype=object)
+    ids_arr = np.asarray(list(account_ids) if isinstance(account_ids, set) else account_ids, dtype=object)
+    all_ids = pd.Index(np.unique(ids_arr), name="account_id", dtype=object)
     acc_i = acc.drop_duplicates("account_id").set_index("account_id")
     cash = acc_i["cash"].reindex(all_ids).fillna(0.0)
     atype = acc_i["account_type"].reindex(all_ids).fillna("portfolio")

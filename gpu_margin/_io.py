@@ -246,7 +246,8 @@ def frame_to_table(df: pd.DataFrame, label: str) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=[str(c) for c in df.columns])
 
 
-def _positions_table(f: InputFile) -> tuple[pa.Table, list[str]]:
+def positions_table(f: InputFile) -> tuple[pa.Table, list[str]]:
+    """One positions file as a conformed Arrow table with ``source`` and ``row`` first; its extra columns."""
     table, extras = conform_table(
         _read_parquet(f),
         POSITION_COLUMNS,
@@ -305,7 +306,7 @@ def read_positions_file(f: InputFile) -> tuple[pd.DataFrame, list[str]]:
 
     For pipelines that read a directory file by file (one partition per file).
     """
-    table, extras = _positions_table(f)
+    table, extras = positions_table(f)
     return to_frame(table), extras
 
 
@@ -316,7 +317,7 @@ def read_positions(path: str | os.PathLike[str]) -> InputTable:
     0-based row in that file; together they identify a row in rejects and make
     the default ``position_id``. Extra columns a file lacks are missing values.
     """
-    table, files, extras = _read_input(path, "positions", _positions_table)
+    table, files, extras = _read_input(path, "positions", positions_table)
     return InputTable(to_frame(table), tuple(files), _extras_note("positions", extras), tuple(extras))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 S, F, I, B, D = pa.string(), pa.float64(), pa.int64(), pa.bool_(), pa.date32()
@@ -65,8 +66,7 @@ def to_table(name: str, df: pd.DataFrame) -> pa.Table:
         else:
             s = pd.Series([None] * len(df), dtype=object)
         if pa.types.is_string(f.type):
-            vals = s.astype(object).where(s.notna(), None)
-            cols.append(pa.array(vals.to_numpy(dtype=object), type=f.type, from_pandas=True))
+            cols.append(pa.array(s, type=f.type, from_pandas=True))
         elif pa.types.is_date32(f.type):
             cols.append(pa.array(pd.to_datetime(s).dt.date.to_numpy(dtype=object), type=f.type))
         else:
@@ -74,11 +74,46 @@ def to_table(name: str, df: pd.DataFrame) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
+#: Columns with about one distinct value per row: dictionary encoding costs time and saves nothing.
+HIGH_CARDINALITY = frozenset({"account_id", "position_id", "paired_with", "message"})
+
+
 def write_table(table: pa.Table, path: Path) -> None:
-    """Deterministic Parquet: fixed compression, no statistics that depend on timing, one row group per 1M rows."""
+    """Deterministic Parquet: fixed compression, no statistics that depend on timing, one row group per 1M rows.
+
+    Dictionary encoding for the repetitive columns (strategy, underlying,
+    reason, ...), plain for the ids.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    dictionary = [n for n in table.column_names if n not in HIGH_CARDINALITY]
     pq.write_table(table, path, compression="zstd", row_group_size=1_000_000, write_statistics=True,
-                   store_schema=True)
+                   store_schema=True, use_dictionary=dictionary)
+
+
+def write_part(table: pa.Table, path: Path) -> None:
+    """An intermediate part file (Arrow IPC, uncompressed: read back once by :func:`read_part`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    tmp.rename(path)
+
+
+def read_part(path: Path) -> pa.Table:
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+def merge_sorted(name: str, parts: list[pa.Table]) -> pa.Table:
+    """Concatenate part tables of disjoint accounts, each sorted by ``SORT_KEYS[name]``, into one sorted table.
+
+    When the first key is ``account_id`` a stable sort on it alone orders the
+    whole table (each account's rows come from one part, already in order).
+    """
+    table = pa.concat_tables(parts) if parts else SCHEMAS[name].empty_table()
+    if SORT_KEYS[name][0] != "account_id" or table.num_rows == 0:
+        return sort_table(name, table)
+    return table.take(pc.sort_indices(table.column("account_id")))
 
 
 def sha256_file(path: Path) -> str:

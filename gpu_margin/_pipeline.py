@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ._exceptions import JobError
 from ._job import Job
-from ._outputs import SCHEMAS, sha256_file, sort_table, to_table, write_table
+from ._outputs import SCHEMAS, merge_sorted, read_part, sha256_file, sort_table, to_table, write_part, write_table
 
 log = logging.getLogger("gpu_margin")
 
@@ -64,10 +65,20 @@ class Partition:
     n_buckets: int = 1
 
 
-def account_bucket(account_id: pd.Series, n_buckets: int) -> np.ndarray:
-    """Deterministic bucket of every row's account (pandas' fixed-key SipHash; same on every machine)."""
-    keys = account_id.astype(object).where(account_id.notna(), "").astype(str).to_numpy(dtype=object)
-    return (pd.util.hash_array(keys) % np.uint64(n_buckets)).astype(np.int64)
+def account_bucket(account_id: Any, n_buckets: int) -> np.ndarray:
+    """Deterministic bucket of every row's account (pandas' fixed-key SipHash; same on every machine).
+
+    ``account_id``: strings as a pandas Series, NumPy array or Arrow array (a
+    missing id hashes as ""). Each distinct id is hashed once.
+    """
+    arr = account_id if isinstance(account_id, pa.ChunkedArray | pa.Array) else \
+        pa.array(np.asarray(account_id, dtype=object), type=pa.string(), from_pandas=True)
+    enc = pc.dictionary_encode(pc.fill_null(arr.cast(pa.string()), ""))
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks() if enc.num_chunks != 1 else enc.chunk(0)
+    uniq = enc.dictionary.to_numpy(zero_copy_only=False).astype(object)
+    bucket = (pd.util.hash_array(uniq) % np.uint64(n_buckets)).astype(np.int64)
+    return bucket[enc.indices.to_numpy(zero_copy_only=False)]
 
 
 @dataclass
@@ -78,18 +89,17 @@ class Plan:
     how: str  # a sentence for the log and manifest
 
 
-def _account_ids(f: Any) -> np.ndarray:
-    from ._io import read_positions_file  # noqa: PLC0415
+def _account_ids(f: Any) -> pa.ChunkedArray:
+    """The ``account_id`` column of one positions file, as Arrow strings."""
+    from ._io import positions_table  # noqa: PLC0415
 
     try:
         schema = pq.read_schema(f.path)
         if "account_id" in schema.names and not f.partition:
-            col = pq.read_table(f.path, columns=["account_id"]).column(0)
-            return col.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
+            return pq.read_table(f.path, columns=["account_id"]).column(0).cast(pa.string())
     except Exception:  # noqa: BLE001  (the full reader below gives the one-line error)
         pass
-    frame, _ = read_positions_file(f)
-    return frame["account_id"].astype(object).to_numpy()
+    return positions_table(f)[0].column("account_id")
 
 
 MIN_PARTITION_ROWS = 50_000  # below this a partition's fixed costs dominate: no split for parallelism
@@ -106,8 +116,9 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     ids = [_account_ids(f) for f in files]
     rows = [len(a) for a in ids]
     total = sum(rows)
-    sets = [set(pd.unique(a[pd.notna(a)])) for a in ids]
-    disjoint = sum(len(s) for s in sets) == len(set().union(*sets)) if sets else True
+    uniq = [pc.unique(a.drop_null()) for a in ids]
+    disjoint = sum(len(u) for u in uniq) == len(pc.unique(pa.chunked_array(uniq, type=pa.string()))) \
+        if uniq else True
     workers = workers or os.cpu_count() or 1
     wanted = max(-(-total // partition_rows), min(workers, total // MIN_PARTITION_ROWS), 1)
     if n_partitions is None and disjoint and all(r <= partition_rows for r in rows) and len(files) >= wanted:
@@ -124,7 +135,7 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
             if k == 1:
                 parts.append(Partition(len(parts), ((fi, None),), rows[fi]))
                 continue
-            counts = np.bincount(account_bucket(pd.Series(ids[fi], dtype=object), k), minlength=k)
+            counts = np.bincount(account_bucket(ids[fi], k), minlength=k)
             for b in np.flatnonzero(counts):
                 parts.append(Partition(len(parts), ((fi, int(b)),), int(counts[b]), k))
         return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts, split by account "
@@ -138,7 +149,7 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     n = n_partitions
     counts = np.zeros(n, dtype=np.int64)
     for a in ids:
-        counts += np.bincount(account_bucket(pd.Series(a, dtype=object), n), minlength=n)
+        counts += np.bincount(account_bucket(a, n), minlength=n)
     parts = [Partition(i, tuple((fi, int(b)) for fi in range(len(files))), int(counts[b]), n)
              for i, b in enumerate(np.flatnonzero(counts))]
     return Plan(files, rows, parts, f"{len(files)} file(s) repartitioned by account_id into {len(parts)} "
@@ -164,16 +175,18 @@ def _done_marker(ctx: Context, part: Partition) -> Path:
 
 def read_partition(part: Partition, ctx: Context) -> pd.DataFrame:
     """The positions of one partition, whole accounts (nothing when an earlier run finished it)."""
-    from ._io import read_positions_file  # noqa: PLC0415
+    from ._io import positions_table, to_frame  # noqa: PLC0415
 
     if _done_marker(ctx, part).exists():
         return pd.DataFrame()
     t0 = time.perf_counter()
     frames = []
     for fi, bucket in part.pieces:
-        df, _ = read_positions_file(ctx.files[fi])
-        frames.append(df if bucket is None else df[account_bucket(df["account_id"], part.n_buckets) == bucket])
-    pos = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+        table, _ = positions_table(ctx.files[fi])
+        if bucket is not None:  # this partition's accounts, chosen in Arrow before any pandas conversion
+            table = table.filter(pa.array(account_bucket(table.column("account_id"), part.n_buckets) == bucket))
+        frames.append(to_frame(table))
+    pos = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     pos.attrs["read_seconds"] = time.perf_counter() - t0
     return pos
 
@@ -208,8 +221,8 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     t0 = time.perf_counter()
     backend = select_backend(ctx.device)
     meth = load_methodology(ctx.job.methodology)
-    ids = set(pos["account_id"].dropna().astype(str))
-    acc = ctx.accounts[ctx.accounts["account_id"].isin(ids)]
+    ids = pd.unique(pos["account_id"].dropna().to_numpy(dtype=object))
+    acc = ctx.accounts[pd.Index(ids).get_indexer(ctx.accounts["account_id"].to_numpy(dtype=object)) >= 0]
     res = margin_frames(valid, rejects, ctx.market, acc, meth, backend, scenarios=ctx.scenarios,
                         multipliers=ctx.job.multipliers, account_ids=ids)
     t["margin"] = time.perf_counter() - t0
@@ -221,7 +234,7 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     counts = {}
     for name in TABLES:
         table = sort_table(name, to_table(name, res[name]))
-        write_table(table, ctx.work / "parts" / name / f"part-{part.number:05d}.parquet")
+        write_part(table, ctx.work / "parts" / name / f"part-{part.number:05d}.arrow")
         counts[name] = table.num_rows
     firm = None
     if "_scenario_pnl" in res:  # written in its final form: one file per partition, accounts in order
@@ -402,10 +415,8 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
     outputs = {}
     tables: dict[str, pd.DataFrame] = {}
     for name in TABLES:
-        parts = sorted((work / "parts" / name).glob("part-*.parquet"))
-        table = pa.concat_tables([pq.read_table(p, schema=SCHEMAS[name]) for p in parts]) if parts \
-            else SCHEMAS[name].empty_table()
-        table = sort_table(name, table)
+        parts = sorted((work / "parts" / name).glob("part-*.arrow"))
+        table = merge_sorted(name, [read_part(p) for p in parts])
         target = final / f"{name}.parquet"
         write_table(table, target)
         outputs[str(target.relative_to(final))] = {"sha256": sha256_file(target), "rows": table.num_rows}
