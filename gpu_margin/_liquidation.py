@@ -50,6 +50,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._backend import Backend
 from ._methodology import Methodology
@@ -68,6 +70,8 @@ RELIEF_ABS = 1e-6
 RELIEF_REL = 1e-12
 #: Device elements per chunk of candidate evaluations (candidates × scenarios).
 CHUNK_ELEMENTS = 1 << 22
+#: The dtype pandas gives Python strings (``str`` on pandas 3, ``object`` before).
+_STR = pd.Series(["x"]).dtype
 #: Rows of pseudo-accounts per Reg T evaluation call.
 REGT_CHUNK_ROWS = 1 << 20
 
@@ -606,6 +610,7 @@ class RegTEngine:
         self.n_acc = len(accounts)
         self.base = pos.loc[:, list(REQUIRED_COLUMNS)].reset_index(drop=True)
         self.pid = self.base["position_id"].astype(str).to_numpy(object)
+        self.pid_arrow = pa.array(self.pid, type=pa.string())
         comp = _components(self.base["underlying"].to_numpy(object), self.base["tracks"].to_numpy(object))
         self.ck = pd.MultiIndex.from_arrays([self.account, comp]).factorize()[0].astype(np.int64)
         self.cls_h = pd.MultiIndex.from_arrays([self.account, self.base["underlying"].to_numpy(object)]) \
@@ -624,11 +629,11 @@ class RegTEngine:
         idx, qty, key = idx[keep], qty[keep], key[keep]
         if idx.size == 0:
             return out
-        ks = pd.Series(key).astype(str).to_numpy(object)
-        frame = self.base.iloc[idx].assign(
-            quantity=qty, account_id=ks, position_id=self.pid[idx] + "\x00" + ks,
-        )
-        acc, _ = regt_requirements(frame)
+        ks = pa.array(key).cast(pa.string())  # pseudo-account ids; a position may be in several
+        pid = pc.binary_join_element_wise(self.pid_arrow.take(pa.array(idx)), ks, "\x00")
+        frame = self.base.iloc[idx].assign(quantity=qty, account_id=pd.array(ks, dtype=_STR),
+                                           position_id=pd.array(pid, dtype=_STR))
+        acc, _ = regt_requirements(frame, legs=False)
         out[acc["account_id"].astype(np.int64).to_numpy()] = acc["regt_maintenance"].to_numpy(np.float64)
         return out
 

@@ -74,7 +74,7 @@ _STR_DTYPE = pd.Series(np.array(["x"], dtype=object)).dtype
 _KEY_LIMIT = 1 << 62  # packed integer keys stay below this
 
 
-def regt_requirements(positions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Reg T initial and maintenance requirements on NLV, per account and per leg.
 
     ``positions``: one row per valid position (columns of :data:`REQUIRED_COLUMNS`;
@@ -87,11 +87,15 @@ def regt_requirements(positions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
     ``paired_quantity`` (signed quantity of this position in this part; the
     parts of a position add up to its quantity), ``regt_initial``,
     ``regt_maintenance``. Both frames are sorted, so the result does not
-    depend on the row order of ``positions``.
+    depend on the row order of ``positions``. With ``legs=False`` only the
+    accounts frame is built (the legs frame is ``None``): what liquidation
+    plans need when they rerun the pairing many times.
     """
+    want_legs = legs
     legs = _prepare(positions)
     if legs.n == 0:
-        return _empty_result()
+        acc, leg_frame = _empty_result()
+        return acc, leg_frame if want_legs else None
     stand_i, stand_m = standalone_requirements(legs)
     rem = legs.absq.copy()
     absq = rem.copy()
@@ -115,7 +119,8 @@ def regt_requirements(positions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
     standalone = _standalone_parts(legs, rem, stand_i, stand_m)
     standalone_empty = standalone[0].size == 0
     parts.append(standalone)
-    return _output(legs, parts, object_ids=empty_pair_part or standalone_empty, object_strategy=empty_pair_part)
+    return _output(legs, parts, object_ids=empty_pair_part or standalone_empty, object_strategy=empty_pair_part,
+                   want_legs=want_legs)
 
 
 def standalone_requirements(legs: SimpleNamespace) -> tuple[np.ndarray, np.ndarray]:
@@ -805,8 +810,8 @@ def _standalone_parts(
 
 
 def _output(
-    legs: SimpleNamespace, parts: list[tuple], *, object_ids: bool, object_strategy: bool
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    legs: SimpleNamespace, parts: list[tuple], *, object_ids: bool, object_strategy: bool, want_legs: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Sort the row blocks by (account, position_id, pass, order) and build the two frames.
 
     ``parts`` arrive in (pass, order) order and a leg appears on one side of a
@@ -822,7 +827,25 @@ def _output(
     else:
         o = np.argsort(rank, kind="stable")
     leg, partner, strat, pq, ri, rm = leg[o], partner[o], strat[o], pq[o], ri[o], rm[o]
+    leg_frame = _leg_frame(legs, leg, partner, strat, pq, ri, rm, object_ids, object_strategy) if want_legs else None
 
+    # per account: pandas' (compensated) group sum over the rows in output order
+    # (one 2-D block is quicker for few rows, one block per column for many)
+    values = pd.DataFrame(np.column_stack([ri, rm]) if n_rows < 4096 else {0: ri, 1: rm})
+    grouped = values.groupby(legs.acct[leg]).sum()
+    sums = np.zeros((legs.n_acc, 2), dtype=np.float64)
+    sums[grouped.index.to_numpy(dtype=np.int64)] = grouped.to_numpy(dtype=np.float64)
+    accounts = pd.DataFrame({
+        "account_id": _str_column(legs.acct_names, False),
+        "regt_initial": sums[:, 0], "regt_maintenance": sums[:, 1],
+    })  # fmt: skip
+    return accounts, leg_frame
+
+
+def _leg_frame(legs: SimpleNamespace, leg: np.ndarray, partner: np.ndarray, strat: np.ndarray, pq: np.ndarray,
+               ri: np.ndarray, rm: np.ndarray, object_ids: bool, object_strategy: bool) -> pd.DataFrame:
+    """The legs frame of :func:`regt_requirements` from the sorted output rows."""
+    n_rows = leg.shape[0]
     position_id = _str_column(legs.pid.take(pa.array(leg)), object_ids)
     account_id = _str_column(legs.acct_ids.take(pa.array(leg)), object_ids)
     strategy = _str_column(pa.array(STRATEGIES, type=pa.large_string()).take(pa.array(strat)), object_strategy)
@@ -836,18 +859,7 @@ def _output(
         "paired_quantity": pq.astype(np.float64), "regt_initial": ri.astype(np.float64),
         "regt_maintenance": rm.astype(np.float64),
     })  # fmt: skip
-
-    # per account: pandas' (compensated) group sum over the rows in output order
-    # (one 2-D block is quicker for few rows, one block per column for many)
-    values = pd.DataFrame(np.column_stack([ri, rm]) if n_rows < 4096 else {0: ri, 1: rm})
-    grouped = values.groupby(legs.acct[leg]).sum()
-    sums = np.zeros((legs.n_acc, 2), dtype=np.float64)
-    sums[grouped.index.to_numpy(dtype=np.int64)] = grouped.to_numpy(dtype=np.float64)
-    accounts = pd.DataFrame({
-        "account_id": _str_column(legs.acct_names, False),
-        "regt_initial": sums[:, 0], "regt_maintenance": sums[:, 1],
-    })  # fmt: skip
-    return accounts, leg_frame
+    return leg_frame
 
 
 def _str_column(arr: pa.Array, as_object: bool):
