@@ -163,10 +163,35 @@ class Context:
     job: Job
     files: list[Any]
     market: pd.DataFrame
-    accounts: pd.DataFrame
+    accounts_key: str  # sha256 of the accounts file ("" for none): see accounts_table
     scenarios: pd.DataFrame | None
     work: Path
     device: str
+
+
+_ACCOUNTS: dict[str, tuple[pd.DataFrame, pd.Index]] = {}
+
+
+def accounts_table(ctx: Context) -> tuple[pd.DataFrame, pd.Index]:
+    """The run's accounts table and an index on ``account_id``, read once per process.
+
+    The accounts table can be as long as the book has accounts, so it is not
+    shipped inside every task: the process that plans the run holds it already,
+    and a ``dask.distributed`` worker reads it from the job's path the first
+    time one of its tasks needs it (keyed by the file's sha256).
+    """
+    hit = _ACCOUNTS.get(ctx.accounts_key)
+    if hit is None:
+        from ._io import read_accounts  # noqa: PLC0415
+
+        hit = remember_accounts(ctx.accounts_key, read_accounts(ctx.job.accounts).frame)
+    return hit
+
+
+def remember_accounts(key: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index]:
+    _ACCOUNTS.clear()
+    _ACCOUNTS[key] = (frame, pd.Index(frame["account_id"].to_numpy(dtype=object)))
+    return _ACCOUNTS[key]
 
 
 def _done_marker(ctx: Context, part: Partition) -> Path:
@@ -222,7 +247,9 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     backend = select_backend(ctx.device)
     meth = load_methodology(ctx.job.methodology)
     ids = pd.unique(pos["account_id"].dropna().to_numpy(dtype=object))
-    acc = ctx.accounts[pd.Index(ids).get_indexer(ctx.accounts["account_id"].to_numpy(dtype=object)) >= 0]
+    accounts, accounts_index = accounts_table(ctx)
+    rows = accounts_index.get_indexer(ids)
+    acc = accounts.take(np.sort(rows[rows >= 0]))
     res = margin_frames(valid, rejects, ctx.market, acc, meth, backend, scenarios=ctx.scenarios,
                         multipliers=ctx.job.multipliers, account_ids=ids)
     t["margin"] = time.perf_counter() - t0
@@ -391,7 +418,9 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
 
         # resolve once on the host: a bad selector fails here, before any partition runs
         _, scenarios_index = joint_table(scenarios, market_in.frame, job.multipliers, source=str(job.scenarios))
-    ctx = Context(job, plan.files, market_in.frame, accounts_in.frame, scenarios, work, job.device)
+    accounts_key = inputs.get(str(job.accounts), "") if job.accounts else ""
+    remember_accounts(accounts_key, accounts_in.frame)
+    ctx = Context(job, plan.files, market_in.frame, accounts_key, scenarios, work, job.device)
     import dask.dataframe as dd  # noqa: PLC0415
 
     # a Dask DataFrame whose partitions are whole accounts, margined partition by partition

@@ -363,8 +363,12 @@ def validate_positions(
         )
 
     pid_given = pos["position_id"]
-    default_pid = pos["source"] + ":" + pos["row"].astype("str")
-    pid = pid_given.where(pid_given.notna(), default_pid).astype("str")
+    no_pid = _bool(pid_given.isna())
+    if no_pid.any():  # the default id "source:row", built for the rows that need it only
+        default_pid = pos["source"][no_pid] + ":" + pos["row"][no_pid].astype("str")
+        pid = pid_given.astype(object).where(~no_pid, default_pid).astype("str")
+    else:
+        pid = pid_given.astype("str")
     dup = _bool(pid.duplicated(keep=False))
 
     def dup_message(m: np.ndarray) -> np.ndarray:
