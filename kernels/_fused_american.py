@@ -77,6 +77,8 @@ try:  # Numba is a dependency; keep the xp path usable if it is broken on a plat
     from numba.core import types as _nb_types
     from numba.extending import intrinsic as _intrinsic
 
+    from ._fused_cpu import _wide_vectors
+
     HAVE_NUMBA = True
 except Exception:  # pragma: no cover
     numba = None
@@ -265,6 +267,7 @@ def _solve_tile(src, tau_in, r_in, q_in, vol_in, st, wk):
     ``kernels.american._solve`` for the put picture ``(tau, r, q, vol)`` of each lane, in the
     same order of operations; ``wk`` is an ``(N_WORK, LANES)`` scratch table.
     """
+    _wide_vectors()
     # the boundary's inputs, with the xp path's stand-ins where early exercise never pays
     for l in range(LANES):
         o = src[l]
@@ -540,6 +543,7 @@ def _value_lanes(opt, x_in, st, g, out):
     :func:`_solve_tile`; ``g`` is an ``(N_G, LANES)`` scratch table that first receives the
     lanes' state.
     """
+    _wide_vectors()
     for f in range(N_FIELDS):
         for l in range(LANES):
             g[f, l] = st[opt[l], f]
@@ -567,6 +571,7 @@ def _value_option(o, x_in, st, g, out):
     For the scenarios of one option (a contract and volatility level): its state is read
     once, not gathered lane by lane. ``g`` is a ``(4, OPTION_LANES)`` scratch table.
     """
+    _wide_vectors()
     v, inv_v, mu, dr, dq = st[o, F_V], st[o, F_INV_V], st[o, F_MU], st[o, F_DR], st[o, F_DQ]
     fwd_ratio, is_bs = st[o, F_FWD], st[o, F_IS_BS]
     for l in range(OPTION_LANES):
