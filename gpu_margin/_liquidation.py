@@ -601,6 +601,10 @@ class RegTEngine:
     An account's requirement is the sum over its components (underlyings
     linked by ETF ``tracks``), since no strategy pairs legs across components;
     a candidate change reruns :func:`regt_requirements` on its component only.
+    Results are kept per component: when the holdings change, only the
+    components whose holdings changed are rerun, and the requirement after
+    closing a position in full is reused until its component changes (in a
+    greedy step every account changes one component; the others stay put).
     """
 
     def __init__(self, pos: pd.DataFrame, accounts: np.ndarray, account: np.ndarray) -> None:
@@ -618,7 +622,12 @@ class RegTEngine:
         self.n_ck = int(self.ck.max()) + 1 if self.ck.size else 0
         self.ck_acc = np.zeros(self.n_ck, np.int64)
         self.ck_acc[self.ck] = self.account
-        self._cache: tuple[bytes, np.ndarray] | None = None
+        n = len(self.base)
+        self._q: np.ndarray | None = None  # the holdings comp_req is for
+        self.comp_req = np.zeros(self.n_ck)  # requirement of every component at holdings _q
+        self._pending = np.zeros(self.n_ck, dtype=bool)  # components whose comp_req is out of date
+        self._close_req = np.zeros(n)  # requirement of a position's component with it closed in full
+        self._close_ok = np.zeros(n, dtype=bool)  # ... still valid (its component unchanged since)
 
     def _run(self, idx: np.ndarray, qty: np.ndarray, key: np.ndarray, n_keys: int) -> np.ndarray:
         """Maintenance requirement per key of the rows ``idx`` of ``base`` holding ``qty``, ``(n_keys,)``."""
@@ -637,36 +646,59 @@ class RegTEngine:
         out[acc["account_id"].astype(np.int64).to_numpy()] = acc["regt_maintenance"].to_numpy(np.float64)
         return out
 
-    def _comp_req(self, q: np.ndarray) -> np.ndarray:
-        """Requirement of every component at holdings ``q`` (cached for the last ``q``)."""
-        if self._cache is None or self._cache[0] != q.tobytes():
-            self._evaluate(q, np.zeros(0, np.int64), None)
-        return self._cache[1]
+    def _note(self, q: np.ndarray) -> None:
+        """Mark the components whose holdings differ from the cached state (all of them the first time)."""
+        if self._q is None:
+            self._pending[:] = True
+        else:
+            diff = np.flatnonzero(q != self._q)
+            if diff.size == 0:
+                return
+            self._pending[self.ck[diff]] = True
+        self._close_ok &= ~self._pending[self.ck]
+        self._q = q.copy()
+
+    def _account_req(self) -> np.ndarray:
+        return np.bincount(self.ck_acc, weights=self.comp_req, minlength=self.n_acc)
 
     def requirement(self, q: np.ndarray) -> np.ndarray:
         """Requirement of every account at holdings ``q``, ``(n_accounts,)``."""
-        return np.bincount(self.ck_acc, weights=self._comp_req(q), minlength=self.n_acc)
+        self._note(q)
+        if self._pending.any():
+            self._evaluate(q, np.zeros(0, np.int64), None)
+        return self._account_req()
 
     def evaluate(self, q: np.ndarray, cand: np.ndarray, new_q: np.ndarray) -> np.ndarray:
         """Requirement of the account of each ``cand[j]`` if that position held ``new_q[j]``, ``(k,)``."""
-        return self._evaluate(q, self.ck[cand], lambda idx, j: np.where(idx == cand[j], new_q[j], q[idx]))
+        self._note(q)
+        ck_c = self.ck[cand]
+        if np.any(new_q != 0.0):
+            new = self._evaluate(q, ck_c, lambda idx, j: np.where(idx == cand[j], new_q[j], q[idx]))
+        else:  # full closes: rerun only those whose component changed since they were last evaluated
+            need = np.unique(cand[~self._close_ok[cand]])
+            got = self._evaluate(q, self.ck[need], lambda idx, j: np.where(idx == need[j], 0.0, q[idx]))
+            self._close_req[need], self._close_ok[need] = got, True
+            new = self._close_req[cand]
+        return self._account_req()[self.ck_acc[ck_c]] - self.comp_req[ck_c] + new
 
     def evaluate_classes(self, q: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Requirement of the account of each class ``classes[j]`` with the whole class closed, ``(k,)``."""
+        self._note(q)
         first = np.full(int(self.cls_h.max()) + 1, -1, np.int64)
         first[self.cls_h[::-1]] = np.arange(self.cls_h.size)[::-1]
         ck = self.ck[first[classes]]
-        return self._evaluate(q, ck, lambda idx, j: np.where(self.cls_h[idx] == classes[j], 0.0, q[idx]))
+        new = self._evaluate(q, ck, lambda idx, j: np.where(self.cls_h[idx] == classes[j], 0.0, q[idx]))
+        return self._account_req()[self.ck_acc[ck]] - self.comp_req[ck] + new
 
     def _evaluate(self, q: np.ndarray, ck_c: np.ndarray, qty_of: Any) -> np.ndarray:
-        """Account requirement after changing component ``ck_c[j]`` to ``qty_of(rows, j)``, for every ``j``.
+        """Requirement of component ``ck_c[j]`` with its rows held as ``qty_of(rows, j)``, for every ``j``.
 
         Each change reruns the pairing on that component alone, as a
-        pseudo-account of the held rows of the component; when ``q`` is new,
-        the components as held are rerun in the same call (keys ``0..n_ck-1``).
+        pseudo-account of the held rows of the component; components marked
+        out of date by :meth:`_note` are rerun as held in the same call
+        (keys ``0..n_ck-1``) and ``comp_req`` updated.
         """
-        key = q.tobytes()
-        stale = self._cache is None or self._cache[0] != key
+        stale = bool(self._pending.any())
         held = np.flatnonzero(q != 0.0)
         members = held[np.argsort(self.ck[held], kind="stable")]
         counts = np.bincount(self.ck[held], minlength=self.n_ck)
@@ -685,17 +717,17 @@ class RegTEngine:
             base = self.n_ck if stale else 0
             keys = rep - lo + base
             if stale:
-                idx, qty, keys = np.concatenate([held, idx]), np.concatenate([q[held], qty]), \
-                    np.concatenate([self.ck[held], keys])
+                rows = held[self._pending[self.ck[held]]]
+                idx, qty, keys = np.concatenate([rows, idx]), np.concatenate([q[rows], qty]), \
+                    np.concatenate([self.ck[rows], keys])
             r = self._run(idx, qty, keys, base + hi - lo)
             if stale:
-                self._cache = (key, r[:base])
+                self.comp_req[self._pending] = r[:base][self._pending]
+                self._pending[:] = False
                 stale = False
             new[lo:hi] = r[base:]
             lo = hi
-        comp_req = self._cache[1]
-        acc_req = np.bincount(self.ck_acc, weights=comp_req, minlength=self.n_acc)
-        return acc_req[self.ck_acc[ck_c]] - comp_req[ck_c] + new
+        return new
 
 
 def _components(underlying: np.ndarray, tracks: np.ndarray) -> np.ndarray:
