@@ -10,8 +10,8 @@ Pairing runs as a fixed sequence of strategy passes (covered, vertical spread,
 straddle/strangle); whatever is left is margined standalone (naked). Each pass
 builds every candidate pair across all accounts at once (sorted joins on
 integer keys), ranks them, and forms them with :func:`greedy_match`, a
-vectorised greedy b-matching that gives exactly the result of taking the
-candidates one by one in rank order. A candidate is formed only if it lowers
+greedy b-matching that takes the candidates one by one in rank order (one
+compiled loop). A candidate is formed only if it lowers
 both the initial and the maintenance requirement, so the result is never worse
 than margining every leg naked.
 
@@ -25,6 +25,7 @@ once at the end.
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -154,215 +155,53 @@ def greedy_match(
     two legs in ``rem`` (remaining ``|quantity|``, ``(n_legs,) float64``, updated
     in place); one pair unit uses 1 of leg ``a`` and ``rb`` of leg ``b``; where
     ``integral`` only whole pair units fit in ``b`` (shares must cover whole
-    contracts). The result equals taking the candidates one at a time in rank
-    order; each round forms every candidate that is the best still-feasible one
-    at both its legs (vectorised over all accounts), and each round retires at
-    least the best feasible candidate, so the loop ends.
+    contracts). Each candidate in turn takes as many units as both its legs
+    still allow; a leg whose remainder falls to ``_REL_TOL`` of ``absq`` or
+    less is exhausted (set to 0).
 
-    The first rounds look at every candidate still alive; once a round forms
-    only a few, the rest is event-driven (:func:`_event_rounds`): a round then
-    costs in proportion to the legs the previous one touched, not to all the
-    candidates still alive (long chains of one or two pairs per round, where
-    many shorts of a large account compete for many lots). Only the legs that
-    have candidates are worked on (renumbered); ``rem`` is written back.
+    This is inherently sequential (each candidate sees what the better ones
+    left), so it runs as one compiled loop over the candidates: linear in
+    their number, whatever the shape of the accounts (a vectorised version in
+    rounds needed one round per link of the longest chain of competing
+    candidates in the largest account).
     """
     n_edges = ia.shape[0]
     if n_edges == 0:
         return np.zeros(0, dtype=np.float64)
-    a = np.asarray(ia, dtype=np.int64)
-    b = np.asarray(ib, dtype=np.int64)
-    # work on the legs that have candidates, numbered 0..n_used-1
-    used = np.zeros(rem.shape[0], dtype=bool)
-    used[a] = True
-    used[b] = True
-    legs = np.flatnonzero(used)
-    local = np.empty(rem.shape[0], dtype=np.int64)
-    local[legs] = np.arange(legs.shape[0], dtype=np.int64)
-    rem_l = rem[legs]
-    taken, formed = _greedy_rounds(
-        local[a], local[b], np.asarray(rb, dtype=np.float64), np.asarray(integral, dtype=bool), rem_l, absq[legs]
-    )
-    rem[legs] = rem_l
-    if formed:  # the threshold check of the first round covers every leg
+    taken = np.zeros(n_edges, dtype=np.float64)
+    formed = _greedy_loop()(np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64),
+                            np.asarray(rb, dtype=np.float64), np.asarray(integral, dtype=np.bool_),
+                            rem, np.asarray(absq, dtype=np.float64), _REL_TOL, taken)
+    if formed:
         rem[rem <= _REL_TOL * absq] = 0.0
     return taken
 
 
-_SWITCH = 32  # go event-driven once a round forms fewer than 1/_SWITCH of the candidates alive
+def _greedy_loop_py(a, b, r, g, rem, absq, tol, taken):  # noqa: ANN001, ANN202  (compiled by Numba)
+    formed = False
+    for e in range(a.shape[0]):
+        la, lb = a[e], b[e]
+        cap_b = rem[lb] / r[e]
+        if g[e]:
+            cap_b = np.floor(cap_b + 1e-9)
+        cap = min(rem[la], cap_b)
+        if cap > 0.0:
+            formed = True
+            taken[e] = cap
+            rem[la] -= cap
+            rem[lb] -= cap * r[e]
+            if rem[la] <= tol * absq[la]:
+                rem[la] = 0.0
+            if rem[lb] <= tol * absq[lb]:
+                rem[lb] = 0.0
+    return formed
 
 
-def _greedy_rounds(
-    a: np.ndarray, b: np.ndarray, r: np.ndarray, g: np.ndarray, rem: np.ndarray, absq: np.ndarray
-) -> tuple[np.ndarray, bool]:
-    """:func:`greedy_match` on legs ``0..len(rem)-1``; also whether any round ran.
+@functools.lru_cache(maxsize=1)
+def _greedy_loop():
+    import numba  # noqa: PLC0415
 
-    The first rounds look at every candidate still alive (compacted in rank
-    order; the first one at each leg found with ``np.minimum.at``): they form
-    most pairs. Once a round forms only a few, what is left (long chains within
-    large accounts) goes on event-driven (:func:`_event_rounds`).
-    """
-    n_edges = a.shape[0]
-    taken = np.zeros(n_edges, dtype=np.float64)
-    act = np.arange(n_edges, dtype=np.int64)  # alive candidates, in rank order
-    n_legs = rem.shape[0]
-    first_a = np.full(n_legs, n_edges, dtype=np.int64)
-    first_b = np.full(n_legs, n_edges, dtype=np.int64)
-    formed = -1  # pairs formed by the last round (-1: no round yet)
-    while True:
-        cap_b = rem[b] / r
-        cap_b = np.where(g, np.floor(cap_b + 1e-9), cap_b)
-        cap = np.minimum(rem[a], cap_b)
-        live = cap > 0
-        if not live.all():
-            keep = np.flatnonzero(live)
-            act, a, b, r, g, cap = act[keep], a[keep], b[keep], r[keep], g[keep], cap[keep]
-        m = act.shape[0]
-        if m == 0:
-            return taken, formed >= 0
-        if 0 <= formed * _SWITCH < m:
-            taken[act] += _event_rounds(a, b, r, g, rem, absq)
-            return taken, True
-        pos = np.arange(m, dtype=np.int64)
-        np.minimum.at(first_a, a, pos)
-        np.minimum.at(first_b, b, pos)
-        best = (first_a[a] == pos) & (first_b[b] == pos)
-        first_a[a] = n_edges
-        first_b[b] = n_edges
-        sel = np.flatnonzero(best)
-        q = cap[sel]
-        sa, sb = a[sel], b[sel]
-        rem[sa] -= q
-        rem[sb] -= q * r[sel]
-        if formed < 0:
-            rem[rem <= _REL_TOL * absq] = 0.0
-        else:  # only the legs changed since the last full check can have fallen below the threshold
-            touched = np.concatenate([sa, sb])
-            v = rem[touched]
-            rem[touched] = np.where(v <= _REL_TOL * absq[touched], 0.0, v)
-        taken[act[sel]] += q
-        formed = sel.shape[0]
-        best = ~best
-        act, a, b, r, g = act[best], a[best], b[best], r[best], g[best]
-
-
-def _event_rounds(a: np.ndarray, b: np.ndarray, r: np.ndarray, g: np.ndarray, rem: np.ndarray,
-                  absq: np.ndarray) -> np.ndarray:  # fmt: skip
-    """The rounds of :func:`greedy_match` from a state where every candidate is alive
-    and the first round's full threshold check is done; returns the pair units.
-
-    Every leg keeps a pointer to its best alive candidate (its *head*) in its
-    own rank-ordered list (:class:`_Heads`); a round looks only at what the
-    previous one changed: the candidates at the legs it used are re-checked,
-    the heads that died move on, and only the new heads can be formed next.
-    """
-    n_edges = a.shape[0]
-    taken = np.zeros(n_edges, dtype=np.float64)
-
-    def caps(e: np.ndarray) -> np.ndarray:
-        cap_b = rem[b[e]] / r[e]
-        cap_b = np.where(g[e], np.floor(cap_b + 1e-9), cap_b)
-        return np.minimum(rem[a[e]], cap_b)
-
-    alive = np.ones(n_edges, dtype=bool)
-    n_slots = rem.shape[0]
-    lists = _Heads(a, b, n_slots)
-    lists.advance(np.flatnonzero(lists.count), alive, rem)
-    cand = lists.head[:n_slots]  # a candidate best at both legs is the head of its leg a
-    while True:
-        cand = cand[cand >= 0]
-        # (an edge can be listed twice; repeated fancy-index updates below apply once)
-        sel = cand[(lists.head[a[cand]] == cand) & (lists.head[b[cand] + n_slots] == cand)]
-        if sel.size == 0:
-            return taken
-        q = caps(sel)
-        sa, sb = a[sel], b[sel]
-        rem[sa] -= q
-        rem[sb] -= q * r[sel]
-        touched = np.concatenate([sa, sb])
-        v = rem[touched]
-        rem[touched] = np.where(v <= _REL_TOL * absq[touched], 0.0, v)
-        taken[sel] += q
-        alive[sel] = False
-        # the candidates at the legs just changed: those no longer feasible die
-        near = lists.rest(np.concatenate([touched, touched + n_slots]))
-        near = near[alive[near]]
-        died = near[~(caps(near) > 0)]
-        alive[died] = False
-        gone = np.concatenate([sel, died])
-        moved = _distinct(np.concatenate([a[gone], b[gone] + n_slots]))
-        lists.advance(moved, alive, rem)
-        cand = lists.head[moved]
-
-
-def _distinct(x: np.ndarray) -> np.ndarray:
-    """The distinct values of ``x``, sorted (a plain sort: cheaper than ``np.unique`` on small arrays)."""
-    x = np.sort(x)
-    if x.size > 1:
-        x = x[np.concatenate(([True], x[1:] != x[:-1]))]
-    return x
-
-
-class _Heads:
-    """Every leg's candidates in rank order, with a pointer to the first alive one (its head).
-
-    A leg has one list per side: slot ``leg`` for the candidates where it is
-    leg ``a``, slot ``n_slots + leg`` for those where it is leg ``b``.
-    """
-
-    def __init__(self, a: np.ndarray, b: np.ndarray, n_slots: int) -> None:
-        n_edges = a.shape[0]
-        slot = np.concatenate([a, b + n_slots])
-        edge = np.tile(np.arange(n_edges, dtype=np.int64), 2)
-        if 2 * n_slots * n_edges < _KEY_LIMIT:
-            order = np.argsort(slot * n_edges + edge)
-        else:
-            order = np.lexsort((edge, slot))
-        self.edge = edge[order]
-        self.count = np.bincount(slot, minlength=2 * n_slots)
-        self.end = np.cumsum(self.count)
-        self.ptr = self.end - self.count  # every candidate before ptr is dead
-        self.head = np.full(2 * n_slots, -1, dtype=np.int64)
-        self.leg = np.tile(np.arange(n_slots, dtype=np.int64), 2)
-        self.last = 2 * n_edges - 1
-
-    def rest(self, slots: np.ndarray) -> np.ndarray:
-        """Every candidate of ``slots`` from the head on (all that can still be alive)."""
-        p = self.ptr[slots]
-        n = self.end[slots] - p
-        total = int(n.sum())
-        if total == 0:
-            return np.zeros(0, dtype=np.int64)
-        return self.edge[np.repeat(p - (np.cumsum(n) - n), n) + np.arange(total, dtype=np.int64)]
-
-    def advance(self, slots: np.ndarray, alive: np.ndarray, rem: np.ndarray) -> None:
-        """Move the pointers of ``slots`` on to their first alive candidate; update ``head``."""
-        if slots.size == 0:
-            return
-        end = self.end[slots]
-        p = np.where(rem[self.leg[slots]] == 0.0, end, self.ptr[slots])  # nothing is feasible at an exhausted leg
-        e = self.edge[np.minimum(p, self.last)]
-        pending = (p < end) & ~alive[e]
-        if pending.any():
-            idx = np.flatnonzero(pending)
-            p[idx] = self._scan(p[idx] + 1, end[idx], alive)
-            e[idx] = self.edge[np.minimum(p[idx], self.last)]
-        self.ptr[slots] = p
-        self.head[slots] = np.where(p < end, e, -1)
-
-    def _scan(self, p: np.ndarray, end: np.ndarray, alive: np.ndarray, width: int = 2) -> np.ndarray:
-        """First position from ``p`` on (before ``end``) holding an alive candidate, else ``end``.
-
-        Looks ``width`` positions ahead at a time, widening the step for the long dead runs.
-        """
-        win = p[:, None] + np.arange(width, dtype=np.int64)
-        inside = win < end[:, None]
-        ok = inside & alive[self.edge[np.minimum(win, self.last)]]
-        found = ok.any(axis=1)
-        more = ~found & inside[:, -1]
-        out = np.where(found, p + ok.argmax(axis=1), end)
-        if more.any():
-            out[more] = self._scan(p[more] + width, end[more], alive, min(width * 8, 512))
-        return out
+    return numba.njit(cache=True, nogil=True)(_greedy_loop_py)
 
 
 # --------------------------------------------------------------------------- #

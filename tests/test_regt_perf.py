@@ -253,31 +253,19 @@ def edge_lists(draw):
     return ia, ib, rb, integral, rem
 
 
-SWITCHES = pytest.mark.parametrize(
-    "switch", [_regt._SWITCH, 0, 1 << 40], ids=["default", "event-driven-after-round-1", "never-event-driven"]
-)
-
-
-@SWITCHES
 @settings(max_examples=400, deadline=None)
 @given(edge_lists())
-def test_greedy_match_equals_previous(switch, edges):
+def test_greedy_match_equals_previous(edges):
     ia, ib, rb, integral, rem = edges
     want_rem, got_rem = rem.copy(), rem.copy()
     want = reference.greedy_match(ia, ib, rb, integral, want_rem, rem.copy())
-    saved = _regt._SWITCH
-    _regt._SWITCH = switch
-    try:
-        got = _regt.greedy_match(ia, ib, rb, integral, got_rem, rem.copy())
-    finally:
-        _regt._SWITCH = saved
+    got = _regt.greedy_match(ia, ib, rb, integral, got_rem, rem.copy())
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_rem, want_rem)
 
 
-@SWITCHES
-def test_greedy_match_dense_blocks(switch):
-    """Large dense components (many shorts against many lots), where the rounds form few pairs each."""
+def test_greedy_match_dense_blocks():
+    """Large dense components (many shorts against many lots): long chains of competing candidates."""
     rng = np.random.default_rng(0)
     n_a, n_b = 40, 60
     ia, ib = (x.ravel() for x in np.meshgrid(np.arange(n_a), n_a + np.arange(n_b), indexing="ij"))
@@ -290,11 +278,6 @@ def test_greedy_match_dense_blocks(switch):
     rem = np.concatenate([rng.integers(1, 40, n_a), 100 * rng.integers(1, 60, n_b)]).astype(np.float64)
     want_rem, got_rem = rem.copy(), rem.copy()
     want = reference.greedy_match(ia, ib, rb, integral, want_rem, rem.copy())
-    saved = _regt._SWITCH
-    _regt._SWITCH = switch
-    try:
-        got = _regt.greedy_match(ia, ib, rb, integral, got_rem, rem.copy())
-    finally:
-        _regt._SWITCH = saved
+    got = _regt.greedy_match(ia, ib, rb, integral, got_rem, rem.copy())
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got_rem, want_rem)
