@@ -12,11 +12,11 @@ those of every option going through memory once per array operation:
     ``_bjerksund_stensland_boundary``, ``_FixedPoint``) for a tile of ``LANES``
     (contract, volatility level) options, each stage a loop over the tile's
     lanes so that it compiles to SIMD code;
-(b) :func:`_value_lanes` is ``AmericanPut.value`` for ``LANES`` (contract,
-    scenario) valuations, each gathering its option's state, and
-    :func:`_value_option` the same for ``OPTION_LANES`` scenarios of one option
-    (rows with at least ``OPTION_MAJOR`` scenarios per vol level: a plain grid of
-    price moves), which reads the state once.
+(b) :func:`_value_gathered` is ``AmericanPut.value`` for ``LANES`` valuations whose
+    options' state :func:`_gather` has put in the lanes of a table: in rows with at
+    least ``OPTION_MAJOR`` scenarios per vol level (a plain grid of price moves) a
+    tile of ``LANES`` options is gathered once and valued at each of its scenarios in
+    turn; in other rows each (contract, scenario) lane gathers its option's state.
 
 :func:`american_grid_fused` is ``kernels.grid._american_grid`` for NumPy inputs.
 Contracts are taken in blocks (a ``prange`` loop); a block solves the boundaries
@@ -129,8 +129,6 @@ N_WORK = W_OUT + N_FIELDS
 # --- the value chunk's lane table (g[row, lane]): the gathered state, then these --------------
 G_YV, G_EURO, G_SP, G_SN = range(N_FIELDS, N_FIELDS + 4)
 N_G = N_FIELDS + 4
-O_YV, O_EURO, O_SP, O_SN = range(4)  # rows of _value_option's scratch table
-OPTION_LANES = 16  # scenarios of one option valued together (a compile-time trip count)
 OPTION_MAJOR = 8  # value by option where a row has at least this many scenarios per distinct level
 
 # --- elementary functions that vectorise -------------------------------------------------------
@@ -536,17 +534,20 @@ def _american_unit_impl(x, euro, s_part, s_np, boundary, early):
     return value if early != 0.0 else floor
 
 
-def _value_lanes(opt, x_in, st, g, out):
-    """``out[l]``: unit-put value of option row ``opt[l]`` of ``st`` at spot ratio ``x_in[l]``.
-
-    For LANES (contract, scenario) pairs of different options; lanes innermost as in
-    :func:`_solve_tile`; ``g`` is an ``(N_G, LANES)`` scratch table that first receives the
-    lanes' state.
-    """
-    _wide_vectors()
+def _gather(opt, st, g):
+    """Rows ``0:N_FIELDS`` of ``g``: the state of option row ``opt[l]`` of ``st`` in lane ``l``."""
     for f in range(N_FIELDS):
         for l in range(LANES):
             g[f, l] = st[opt[l], f]
+
+
+def _value_gathered(x_in, g, out):
+    """``out[l]``: unit-put value at spot ratio ``x_in[l]`` of the option whose state is in lane ``l`` of ``g``.
+
+    ``g`` is an ``(N_G, LANES)`` table: the state (rows ``0:N_FIELDS``, see :func:`_gather`,
+    left as they are) and scratch rows. Lanes innermost as in :func:`_solve_tile`.
+    """
+    _wide_vectors()
     for l in range(LANES):
         x = x_in[l]
         euro, yv = _european_unit(x, g[F_V, l], g[F_INV_V, l], g[F_MU, l], g[F_DR, l], g[F_DQ, l],
@@ -565,39 +566,14 @@ def _value_lanes(opt, x_in, st, g, out):
         out[l] = _american_unit(x_in[l], g[G_EURO, l], g[G_SP, l], g[G_SN, l], g[F_BOUNDARY, l], g[F_EARLY, l])
 
 
-def _value_option(o, x_in, st, g, out):
-    """``out``: unit-put values of option row ``o`` of ``st`` at OPTION_LANES spot ratios ``x_in``.
-
-    For the scenarios of one option (a contract and volatility level): its state is read
-    once, not gathered lane by lane. ``g`` is a ``(4, OPTION_LANES)`` scratch table.
-    """
-    _wide_vectors()
-    v, inv_v, mu, dr, dq = st[o, F_V], st[o, F_INV_V], st[o, F_MU], st[o, F_DR], st[o, F_DQ]
-    fwd_ratio, is_bs = st[o, F_FWD], st[o, F_IS_BS]
-    for l in range(OPTION_LANES):
-        euro, yv = _european_unit(x_in[l], v, inv_v, mu, dr, dq, fwd_ratio, is_bs)
-        g[O_EURO, l] = euro
-        g[O_YV, l] = yv
-        g[O_SP, l] = 0.0
-        g[O_SN, l] = 0.0
-    for k in range(NP):
-        c, w1, w1g, w2 = st[o, F_C + k], st[o, F_W1 + k], st[o, F_W1G + k], st[o, F_W2 + k]
-        for l in range(OPTION_LANES):
-            part, n_p = _premium_point(g[O_YV, l], x_in[l], v, k, c, w1, w1g, w2)
-            g[O_SP, l] += part
-            g[O_SN, l] += n_p
-    boundary, early = st[o, F_BOUNDARY], st[o, F_EARLY]
-    for l in range(OPTION_LANES):
-        out[l] = _american_unit(x_in[l], g[O_EURO, l], g[O_SP, l], g[O_SN, l], boundary, early)
-
-
 # --- the grid: blocks of contracts ---------------------------------------------------------------
 def _flush(n_lane, opt, xs, ci, cj, st, g, unit, call, spot, strike, row, u_tab, out):
     """Values the ``n_lane`` pending (contract, scenario) lanes; the rest are copies of lane 0."""
     for p in range(n_lane, LANES):
         opt[p] = opt[0]
         xs[p] = xs[0]
-    _value_lanes(opt, xs, st, g, unit)
+    _gather(opt, st, g)
+    _value_gathered(xs, g, unit)
     for p in range(n_lane):
         i, j = ci[p], cj[p]
         s_u = spot[i] * u_tab[row[i], j]
@@ -648,17 +624,57 @@ def _block(c0, c1, call, spot, strike, t, vol, rate, q, row, u_tab, slot_tab, ro
         wk = np.empty((N_WORK, LANES))
         for lo in range(0, n_solve, LANES):
             _solve_tile(solve[lo:lo + LANES], o_tau, o_r, o_q, o_vol, st, wk)
-    # (b) valuations: by option (its scenarios together) in rows with many scenarios per level,
-    # else LANES (contract, scenario) pairs a chunk; expired contracts are intrinsic
+    # (b) valuations. Rows with many scenarios per level: LANES options a tile (their state
+    # gathered once), valued at their scenarios in turn; other rows: LANES (contract, scenario)
+    # pairs a chunk, each gathering its option's state. Both value with _value_gathered, so a
+    # value does not depend on the path. Expired contracts are intrinsic.
     opt = np.empty(LANES, dtype=np.int64)
     xs = np.empty(LANES)
     unit = np.empty(LANES)
     g = np.empty((N_G, LANES))
     ci = np.empty(LANES, dtype=np.int64)
     cj = np.empty(LANES, dtype=np.int64)
-    xo = np.empty(OPTION_LANES)
-    uo = np.empty(OPTION_LANES)
-    go = np.empty((4, OPTION_LANES))
+    bo_o = np.empty(n_opt + 1, dtype=np.int64)  # by-option rows' options: row of st, contract, slot
+    bo_i = np.empty(n_opt + 1, dtype=np.int64)
+    bo_s = np.empty(n_opt + 1, dtype=np.int64)
+    n_bo = 0
+    for i in range(c0, c1):
+        rr = row[i]
+        if t[i] > 0.0 and by_option[rr]:
+            for s in range(n_slots[rr]):
+                bo_o[n_bo] = base[i - c0] + s
+                bo_i[n_bo] = i
+                bo_s[n_bo] = s
+                n_bo += 1
+    lane_lo = np.empty(LANES, dtype=np.int64)
+    lane_n = np.empty(LANES, dtype=np.int64)
+    for lo in range(0, n_bo, LANES):
+        n_l = min(LANES, n_bo - lo)
+        p_max = 0
+        for l in range(LANES):  # a short tile: copies of its first option
+            b = lo + l if l < n_l else lo
+            i = bo_i[b]
+            rr = row[i]
+            opt[l] = bo_o[b]
+            ci[l] = i
+            lane_lo[l] = slot_start[rr, bo_s[b]]
+            lane_n[l] = slot_start[rr, bo_s[b] + 1] - lane_lo[l]
+            p_max = max(p_max, lane_n[l])
+        _gather(opt, st, g)
+        for p in range(p_max):
+            for l in range(LANES):  # a lane out of scenarios repeats its first
+                i = ci[l]
+                rr = row[i]
+                j = scen_order[rr, lane_lo[l] + (p if p < lane_n[l] else 0)]
+                cj[l] = j
+                s_u = spot[i] * u_tab[rr, j]
+                xs[l] = strike[i] / s_u if call[i] else s_u / strike[i]
+            _value_gathered(xs, g, unit)
+            for l in range(n_l):
+                if p < lane_n[l]:
+                    i, j = ci[l], cj[l]
+                    s_u = spot[i] * u_tab[row[i], j]
+                    out[i, j] = (s_u if call[i] else strike[i]) * unit[l]
     n_lane = 0
     for i in range(c0, c1):
         rr = row[i]
@@ -669,17 +685,6 @@ def _block(c0, c1, call, spot, strike, t, vol, rate, q, row, u_tab, slot_tab, ro
                 out[i, j] = x if x > 0.0 else 0.0
             continue
         if by_option[rr]:
-            for s in range(n_slots[rr]):
-                for lo in range(slot_start[rr, s], slot_start[rr, s + 1], OPTION_LANES):
-                    hi = min(lo + OPTION_LANES, slot_start[rr, s + 1])
-                    for p in range(OPTION_LANES):  # the scenarios, then copies of the first
-                        s_u = spot[i] * u_tab[rr, scen_order[rr, lo + p if lo + p < hi else lo]]
-                        xo[p] = strike[i] / s_u if call[i] else s_u / strike[i]
-                    _value_option(base[i - c0] + s, xo, st, go, uo)
-                    for p in range(lo, hi):
-                        j = scen_order[rr, p]
-                        s_u = spot[i] * u_tab[rr, j]
-                        out[i, j] = (s_u if call[i] else strike[i]) * uo[p - lo]
             continue
         for j in range(m):
             s_u = spot[i] * u_tab[rr, j]
@@ -806,8 +811,8 @@ if HAVE_NUMBA:
     _loop = {"cache": True, "nogil": True, "fastmath": _FASTMATH, "error_model": "numpy"}
     _solve_tile = _kernel(_solve_tile)
     _european_state = _kernel(_european_state)
-    _value_lanes = _kernel(_value_lanes)
-    _value_option = _kernel(_value_option)
+    _gather = _kernel(_gather)
+    _value_gathered = _kernel(_value_gathered)
     _flush = _kernel(_flush)
     _block = _kernel(_block)
     _grid_parallel = numba.njit(parallel=True, **_loop)(_grid_loop)

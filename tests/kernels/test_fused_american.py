@@ -118,13 +118,32 @@ def test_fused_equals_xp_path_with_a_distinct_vol_shock_per_scenario():
 @pytest.mark.parametrize("vol_mode", ["relative", "absolute"])
 def test_fused_equals_xp_path_by_option(vol_mode):
     """Rows with many scenarios per vol level (a plain grid of price moves) take the by-option path."""
-    assert 40 >= _fused_american.OPTION_MAJOR * 3 and 40 > _fused_american.OPTION_LANES
+    assert 40 >= _fused_american.OPTION_MAJOR * 3  # rows of 1 and 3 levels by option, with uneven counts
     b = _book(800, 7)
     ss, vs = _few_levels_tables(8)
     row = np.random.default_rng(9).integers(0, 3, 800)
     fast = _grid(b, ss, vs, row, vol_mode=vol_mode)
     ref = _grid(b, ss, vs, row, vol_mode=vol_mode, fused=False)
     assert_agrees(fast, ref, b, vol_mode)
+
+
+def test_fused_values_do_not_depend_on_position_or_path():
+    """Shuffling the book changes the tiles every option and pair falls in, not a bit of any value;
+    and a contract valued by option (a row of few levels) equals the same contract valued lane by
+    lane (a row of a level per scenario) where the scenario is the same."""
+    b = _book(700, 21)
+    ss, vs = _few_levels_tables(22)
+    row = np.random.default_rng(23).integers(0, 3, 700)
+    base = _grid(b, ss, vs, row)
+    perm = np.random.default_rng(24).permutation(700)
+    shuffled = _grid({k: v[perm] for k, v in b.items()}, ss, vs, row[perm])
+    np.testing.assert_array_equal(shuffled, base[perm])
+    # row 0: one level (by option); row 1: the same scenarios, but 40 levels (lane by lane)
+    ss2 = np.vstack([ss[0], ss[0]])
+    vs2 = np.vstack([np.zeros(40), np.r_[0.0, np.linspace(1e-9, 2e-9, 39)]])
+    by_option = _grid(b, ss2, vs2, np.zeros(700, dtype=np.int64))
+    by_lane = _grid(b, ss2, vs2, np.ones(700, dtype=np.int64))
+    np.testing.assert_array_equal(by_option[:, 0], by_lane[:, 0])
 
 
 @pytest.mark.parametrize("n, m", [(1, 1), (1, 7), (3, 1), (65, 3), (130, 17)])
