@@ -87,19 +87,46 @@ class Plan:
     rows_per_file: list[int]
     partitions: list[Partition]
     how: str  # a sentence for the log and manifest
+    duplicates: dict[str, int] = field(default_factory=dict)  # position ids given more than once in the book
 
 
-def _account_ids(f: Any) -> pa.ChunkedArray:
-    """The ``account_id`` column of one positions file, as Arrow strings."""
+def _key_columns(f: Any) -> tuple[pa.ChunkedArray, pa.ChunkedArray | None]:
+    """The ``account_id`` and ``position_id`` columns of one positions file, as Arrow strings.
+
+    ``position_id`` is ``None`` when the file has no such column.
+    """
     from ._io import positions_table  # noqa: PLC0415
 
     try:
-        schema = pq.read_schema(f.path)
-        if "account_id" in schema.names and not f.partition:
-            return pq.read_table(f.path, columns=["account_id"]).column(0).cast(pa.string())
+        names = pq.read_schema(f.path).names
+        if "account_id" in names and not f.partition:
+            cols = ["account_id"] + (["position_id"] if "position_id" in names else [])
+            t = pq.read_table(f.path, columns=cols)
+            pid = t.column("position_id").cast(pa.string()) if "position_id" in names else None
+            return t.column("account_id").cast(pa.string()), pid
     except Exception:  # noqa: BLE001  (the full reader below gives the one-line error)
         pass
-    return positions_table(f)[0].column("account_id")
+    t = positions_table(f)[0]
+    return t.column("account_id"), t.column("position_id")
+
+
+def book_duplicates(position_ids: list[pa.ChunkedArray | None]) -> dict[str, int]:
+    """Position ids given more than once in the whole book, with their counts.
+
+    Partitions see only their own rows; these are passed to every partition so
+    that a duplicate split across partitions is rejected as it would be in one.
+    """
+    given = [c.drop_null() for c in position_ids if c is not None]
+    total = sum(len(c) for c in given)
+    if total == 0:
+        return {}
+    ids = pa.chunked_array([ch for c in given for ch in c.chunks], type=pa.string())
+    if len(pc.unique(ids)) == total:
+        return {}
+    vc = pc.value_counts(ids)
+    counts = vc.field("counts")
+    rep = pc.greater(counts, 1)
+    return dict(zip(vc.field("values").filter(rep).to_pylist(), counts.filter(rep).to_pylist(), strict=True))
 
 
 MIN_PARTITION_ROWS = 50_000  # below this a partition's fixed costs dominate: no split for parallelism
@@ -113,7 +140,9 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     from ._io import list_input_files  # noqa: PLC0415
 
     files = list_input_files(positions)
-    ids = [_account_ids(f) for f in files]
+    keys = [_key_columns(f) for f in files]
+    ids = [k[0] for k in keys]
+    duplicates = book_duplicates([k[1] for k in keys])
     rows = [len(a) for a in ids]
     total = sum(rows)
     uniq = [pc.unique(a.drop_null()) for a in ids]
@@ -123,7 +152,8 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     wanted = max(-(-total // partition_rows), min(workers, total // MIN_PARTITION_ROWS), 1)
     if n_partitions is None and disjoint and all(r <= partition_rows for r in rows) and len(files) >= wanted:
         parts = [Partition(i, ((i, None),), r) for i, r in enumerate(rows)]
-        return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts: one partition per file")
+        return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts: one partition per file",
+                    duplicates)
     if n_partitions is None and disjoint:
         # every file holds whole accounts: split only the large ones, each by its own accounts' hash
         per_file = [max(1, -(-r // partition_rows)) for r in rows]
@@ -139,7 +169,7 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
             for b in np.flatnonzero(counts):
                 parts.append(Partition(len(parts), ((fi, int(b)),), int(counts[b]), k))
         return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts, split by account "
-                                        f"hash within each file into {len(parts)} partition(s)")
+                                        f"hash within each file into {len(parts)} partition(s)", duplicates)
     if n_partitions is None:
         n_partitions = wanted
         why = ("accounts span files" if not disjoint else "files are larger than partition_rows"
@@ -153,7 +183,7 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     parts = [Partition(i, tuple((fi, int(b)) for fi in range(len(files))), int(counts[b]), n)
              for i, b in enumerate(np.flatnonzero(counts))]
     return Plan(files, rows, parts, f"{len(files)} file(s) repartitioned by account_id into {len(parts)} "
-                                    f"partition(s) ({why})")
+                                    f"partition(s) ({why})", duplicates)
 
 
 @dataclass
@@ -167,6 +197,7 @@ class Context:
     scenarios: pd.DataFrame | None
     work: Path
     device: str
+    duplicates: dict[str, int] = field(default_factory=dict)  # position ids repeated in the book (usually none)
 
 
 _ACCOUNTS: dict[str, tuple[pd.DataFrame, pd.Index]] = {}
@@ -241,7 +272,8 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
         pos = read_partition(part, ctx)
     t = {"read": float(pos.attrs.get("read_seconds", 0.0))}
     t0 = time.perf_counter()
-    valid, rejects = validate_positions(pos, ctx.market, asof=ctx.job.asof, rate=ctx.job.rate)
+    valid, rejects = validate_positions(pos, ctx.market, asof=ctx.job.asof, rate=ctx.job.rate,
+                                        duplicates=ctx.duplicates)
     t["validate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     backend = select_backend(ctx.device)
@@ -420,7 +452,7 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
         _, scenarios_index = joint_table(scenarios, market_in.frame, job.multipliers, source=str(job.scenarios))
     accounts_key = inputs.get(str(job.accounts), "") if job.accounts else ""
     remember_accounts(accounts_key, accounts_in.frame)
-    ctx = Context(job, plan.files, market_in.frame, accounts_key, scenarios, work, job.device)
+    ctx = Context(job, plan.files, market_in.frame, accounts_key, scenarios, work, job.device, plan.duplicates)
     import dask.dataframe as dd  # noqa: PLC0415
 
     # a Dask DataFrame whose partitions are whole accounts, margined partition by partition

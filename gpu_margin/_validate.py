@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -200,6 +200,7 @@ def validate_positions(
     asof: Any,
     rate: float,
     source: str = "positions",
+    duplicates: Mapping[str, int] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split positions into ``(valid, rejects)``: every input row is in exactly one of them.
 
@@ -212,7 +213,8 @@ def validate_positions(
     columns (``input_<name>`` where the name is taken, e.g. ``vol``), in input
     order with a fresh index; ``rejects`` the columns of
     ``REJECTS_SCHEMA``. Duplicates of ``position_id`` are found within the
-    frame given.
+    frame given; ``duplicates`` adds ids known to be repeated elsewhere (the
+    pipeline's partitions are parts of one book), with their count in the book.
     """
     asof_ts = _as_asof(asof)
     run_rate = _as_rate(rate)
@@ -370,10 +372,15 @@ def validate_positions(
     else:
         pid = pid_given.astype("str")
     dup = _bool(pid.duplicated(keep=False))
+    book_counts = pd.Series(duplicates, dtype=np.int64) if duplicates else None
+    if book_counts is not None:
+        dup = dup | _bool(pid.isin(book_counts.index))
 
     def dup_message(m: np.ndarray) -> np.ndarray:
         ids = pid[m]
         counts = ids.map(pid[dup].value_counts())
+        if book_counts is not None:
+            counts = np.maximum(counts, ids.map(book_counts).fillna(0)).astype(np.int64)
         return "position_id " + _show_text(ids) + " appears " + counts.astype("str").to_numpy(dtype=object) + (
             " times; make position_id unique"
         )

@@ -114,6 +114,31 @@ def test_partition_count_does_not_change_results(book_dir, tmp_path, parts):
     assert_equal_results(ref, other)
 
 
+def test_a_duplicate_position_id_split_across_partitions_is_rejected_whatever_the_partitions(tmp_path):
+    """Both rows of an id given twice in two files (accounts disjoint) are rejected, as in one frame."""
+    pos, market, accounts = random_book(n_accounts=12, seed=3)
+    pos["position_id"] = [f"P{i:05d}" for i in range(len(pos))]
+    first, last = pos["account_id"].min(), pos["account_id"].max()
+    i_last = pos.index[pos["account_id"] == last][0]
+    i_first = pos.index[pos["account_id"] == first][0]
+    pos.loc[i_last, "position_id"] = pos.loc[i_first, "position_id"]  # same id, other account, other file
+    (tmp_path / "positions").mkdir()
+    pos[pos["account_id"] != last].to_parquet(tmp_path / "positions" / "part-0.parquet")
+    pos[pos["account_id"] == last].to_parquet(tmp_path / "positions" / "part-1.parquet")
+    market.to_parquet(tmp_path / "market.parquet")
+    accounts.to_parquet(tmp_path / "accounts.parquet")
+    (tmp_path / "job.toml").write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "positions"\n'
+                                       'market = "market.parquet"\naccounts = "accounts.parquet"\n'
+                                       'methodology = "house"\nout = "out"\n')
+    outs = [run(tmp_path, tmp_path / f"p{k}", "--partitions", k) for k in (1, 2, 5)]
+    rej = pd.read_parquet(outs[0] / "rejects.parquet")
+    dup = rej[rej["code"] == "duplicate_position_id"]
+    assert sorted(dup["account_id"]) == sorted([first, last])
+    assert dup["message"].str.contains("appears 2 times").all()
+    for other in outs[1:]:
+        assert_equal_results(outs[0], other)
+
+
 @pytest.mark.parametrize("scheduler", ["sync", "processes"])
 def test_schedulers_agree(book_dir, tmp_path, scheduler):
     ref = run(book_dir, tmp_path / "ref")
