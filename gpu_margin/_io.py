@@ -100,9 +100,13 @@ def list_input_files(path: str | os.PathLike[str]) -> list[InputFile]:
     return found
 
 
-def _read_parquet(f: InputFile) -> pa.Table:
+def _read_parquet(f: InputFile, row_groups: tuple[int, int] | None = None) -> pa.Table:
+    """The file's table (row groups ``[start, stop)`` only, when given) with its hive columns."""
     try:
-        table = pq.read_table(f.path)
+        if row_groups is None:
+            table = pq.read_table(f.path)
+        else:
+            table = pq.ParquetFile(f.path).read_row_groups(range(*row_groups))
     except (OSError, pa.ArrowException, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputFileError(
@@ -246,17 +250,25 @@ def frame_to_table(df: pd.DataFrame, label: str) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=[str(c) for c in df.columns])
 
 
-def positions_table(f: InputFile) -> tuple[pa.Table, list[str]]:
-    """One positions file as a conformed Arrow table with ``source`` and ``row`` first; its extra columns."""
+def positions_table(f: InputFile, row_groups: tuple[int, int] | None = None) -> tuple[pa.Table, list[str]]:
+    """One positions file as a conformed Arrow table with ``source`` and ``row`` first; its extra columns.
+
+    ``row_groups``: read only the Parquet row groups ``[start, stop)`` (``row``
+    still counts from the file's first row).
+    """
+    first = 0
+    if row_groups is not None and row_groups[0] > 0:
+        md = pq.ParquetFile(f.path).metadata
+        first = sum(md.row_group(i).num_rows for i in range(row_groups[0]))
     table, extras = conform_table(
-        _read_parquet(f),
+        _read_parquet(f, row_groups),
         POSITION_COLUMNS,
         str(f.path),
         reserved=POSITIONS_RESERVED,
         text_columns=[k for k, _ in f.partition],
     )
     n = table.num_rows
-    table = table.add_column(0, "row", pa.array(np.arange(n, dtype=np.int64)))
+    table = table.add_column(0, "row", pa.array(np.arange(first, first + n, dtype=np.int64)))
     table = table.add_column(0, "source", pa.array([f.source], type=pa.string()).take(np.zeros(n, dtype=np.int64)))
     return table, extras
 

@@ -57,12 +57,14 @@ FIRM_PNL_SCHEMA = pa.schema([("scenario_id", pa.string()), ("multiplier", pa.flo
 @dataclass(frozen=True)
 class Partition:
     """Input files that form one partition: ``(file index, bucket)`` pieces, where bucket ``None``
-    takes the whole file and bucket ``b`` the rows whose account hashes to ``b`` of ``n_buckets``."""
+    takes the whole file and bucket ``b`` the rows whose account hashes to ``b`` of ``n_buckets``;
+    or one file's Parquet row groups ``[start, stop)`` (``row_groups``) when no account spans them."""
 
     number: int
     pieces: tuple[tuple[int, int | None], ...]
     n_rows: int
     n_buckets: int = 1
+    row_groups: tuple[int, int] | None = None
 
 
 def account_bucket(account_id: Any, n_buckets: int) -> np.ndarray:
@@ -129,6 +131,43 @@ def book_duplicates(position_ids: list[pa.ChunkedArray | None]) -> dict[str, int
     return dict(zip(vc.field("values").filter(rep).to_pylist(), counts.filter(rep).to_pylist(), strict=True))
 
 
+def row_group_split(path: Path, account_id: pa.ChunkedArray, k: int) -> list[tuple[tuple[int, int], int]] | None:
+    """About ``k`` ranges of a file's Parquet row groups, cut only where no account has rows on both sides.
+
+    Returns ``[((start, stop), n_rows), ...]`` covering every row group, or
+    ``None`` when the file cannot be cut so (one row group, or accounts
+    spanning every boundary): then the file is split by account hash.
+    """
+    md = pq.ParquetFile(path).metadata
+    n_rg = md.num_row_groups
+    if n_rg < 2:
+        return None
+    sizes = np.array([md.row_group(i).num_rows for i in range(n_rg)], dtype=np.int64)
+    if int(sizes.sum()) != len(account_id):
+        return None
+    enc = pc.dictionary_encode(pc.fill_null(account_id, ""))
+    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in enc.chunks]).astype(np.int64) \
+        if enc.num_chunks else np.zeros(0, np.int64)
+    rg = np.repeat(np.arange(n_rg), sizes)
+    n_acc = int(codes.max()) + 1 if codes.size else 0
+    lo = np.full(n_acc, n_rg, np.int64)
+    hi = np.full(n_acc, -1, np.int64)
+    np.minimum.at(lo, codes, rg)
+    np.maximum.at(hi, codes, rg)
+    # boundary b (before row group b, 1 <= b < n_rg) is clean when no account has lo < b <= hi
+    span = np.zeros(n_rg + 1, np.int64)
+    np.add.at(span, lo + 1, 1)
+    np.add.at(span, hi + 1, -1)
+    clean = np.flatnonzero(np.cumsum(span)[1:n_rg] == 0) + 1
+    if clean.size == 0:
+        return None
+    ends = np.cumsum(sizes)
+    at = ends[clean - 1]  # rows before each clean boundary
+    cuts = sorted({int(clean[np.argmin(np.abs(at - j * ends[-1] / k))]) for j in range(1, k)})
+    bounds = [0, *cuts, n_rg]
+    return [((a, b), int(sizes[a:b].sum())) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 MIN_PARTITION_ROWS = 50_000  # below this a partition's fixed costs dominate: no split for parallelism
 
 
@@ -161,15 +200,25 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
             i = int(np.argmax([r / k for r, k in zip(rows, per_file)]))
             per_file[i] += 1
         parts = []
+        by_hash = 0
         for fi, k in enumerate(per_file):
             if k == 1:
                 parts.append(Partition(len(parts), ((fi, None),), rows[fi]))
                 continue
+            ranges = row_group_split(files[fi].path, ids[fi], k) if not files[fi].partition else None
+            if ranges:  # contiguous row groups: each partition reads only its own part of the file
+                for (start, stop), n in ranges:
+                    parts.append(Partition(len(parts), ((fi, None),), n, 1, (start, stop)))
+                continue
+            by_hash += 1
             counts = np.bincount(account_bucket(ids[fi], k), minlength=k)
             for b in np.flatnonzero(counts):
                 parts.append(Partition(len(parts), ((fi, int(b)),), int(counts[b]), k))
-        return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts, split by account "
-                                        f"hash within each file into {len(parts)} partition(s)", duplicates)
+        how = "by account hash" if by_hash == sum(k > 1 for k in per_file) else \
+            "by row groups where no account spans them, else by account hash" if by_hash else \
+            "by row groups (no account spans two parts)"
+        return Plan(files, rows, parts, f"{len(files)} file(s), each holding whole accounts, split {how} "
+                                        f"within each file into {len(parts)} partition(s)", duplicates)
     if n_partitions is None:
         n_partitions = wanted
         why = ("accounts span files" if not disjoint else "files are larger than partition_rows"
@@ -238,7 +287,7 @@ def read_partition(part: Partition, ctx: Context) -> pd.DataFrame:
     t0 = time.perf_counter()
     frames = []
     for fi, bucket in part.pieces:
-        table, _ = positions_table(ctx.files[fi])
+        table, _ = positions_table(ctx.files[fi], part.row_groups)
         if bucket is not None:  # this partition's accounts, chosen in Arrow before any pandas conversion
             table = table.filter(pa.array(account_bucket(table.column("account_id"), part.n_buckets) == bucket))
         frames.append(to_frame(table))
@@ -368,7 +417,7 @@ def dask_scheduler(name: str, device: str, progress: bool = False):
 
 def _fingerprint(job: Job, input_digests: dict[str, str], plan: Plan) -> str:
     doc = {"params": job.params(), "inputs": input_digests,
-           "plan": [(p.number, list(p.pieces), p.n_buckets) for p in plan.partitions]}
+           "plan": [(p.number, list(p.pieces), p.n_buckets, p.row_groups) for p in plan.partitions]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -164,6 +164,63 @@ def test_files_larger_than_a_partition_are_split_by_account(book_dir, tmp_path):
     assert_equal_results(run(book_dir, tmp_path / "ref"), tmp_path / "small")
 
 
+def _write_row_groups(pos: pd.DataFrame, path: Path, sizes: list[int]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(pos, preserve_index=False)
+    with pq.ParquetWriter(path, table.schema) as w:
+        start = 0
+        for n in sizes:
+            w.write_table(table.slice(start, n))
+            start += n
+
+
+def test_row_group_split_cuts_only_where_no_account_spans(tmp_path):
+    import pyarrow as pa
+
+    from gpu_margin._pipeline import row_group_split
+
+    acc = ["A"] * 3 + ["B"] * 2 + ["B", "C"] + ["D"] * 4 + ["E"] * 2  # B spans row groups 1 and 2
+    pos = pd.DataFrame({"account_id": acc, "x": np.arange(len(acc))})
+    _write_row_groups(pos, tmp_path / "f.parquet", [3, 2, 2, 4, 2])
+    ids = pa.chunked_array([pa.array(acc)])
+    ranges = row_group_split(tmp_path / "f.parquet", ids, 3)
+    bounds = [r[0] for r in ranges]
+    assert bounds[0][0] == 0 and bounds[-1][1] == 5
+    assert all(a[1] == b[0] for a, b in zip(bounds[:-1], bounds[1:]))
+    assert (1, 2) not in bounds and all(b != 2 for _, b in bounds[:-1])  # never between row groups 1 and 2
+    assert sum(r[1] for r in ranges) == len(acc)
+    assert row_group_split(tmp_path / "f.parquet", pa.chunked_array([pa.array(["Z"] * len(acc))]), 3) is None
+
+
+def test_files_of_many_row_groups_are_split_by_row_groups(book_dir, tmp_path):
+    """A file sorted by account with several row groups splits at row-group boundaries; same results."""
+    from gpu_margin._pipeline import plan_partitions
+
+    pos = pd.concat([pd.read_parquet(f) for f in sorted((book_dir / "positions").glob("*.parquet"))],
+                    ignore_index=True).sort_values("account_id", kind="stable").reset_index(drop=True)
+    (tmp_path / "positions").mkdir()
+    # row groups of whole accounts (cut where the account changes), except one boundary inside an account
+    change = np.flatnonzero(pos["account_id"].to_numpy()[1:] != pos["account_id"].to_numpy()[:-1]) + 1
+    cuts = [int(c) for c in change[::6]] + [int(change[len(change) // 2]) + 1]
+    bounds = sorted({0, *cuts, len(pos)})
+    _write_row_groups(pos, tmp_path / "positions" / "all.parquet", list(np.diff(bounds)))
+    for name in ("market.parquet", "accounts.parquet"):
+        (tmp_path / name).write_bytes((book_dir / name).read_bytes())
+    (tmp_path / "job.toml").write_text((book_dir / "job.toml").read_text() + "partition_rows = 40\n")
+    plan = plan_partitions(tmp_path / "positions", partition_rows=40)
+    assert len(plan.partitions) > 1 and all(p.row_groups is not None for p in plan.partitions)
+    assert "row groups" in plan.how
+    assert sum(p.n_rows for p in plan.partitions) == len(pos)
+    out = run(tmp_path, tmp_path / "rg")
+    ref = run(tmp_path, tmp_path / "one", "--partitions", 1)
+    assert_equal_results(ref, out)
+    rej = pd.read_parquet(out / "rejects.parquet")
+    assert sorted(rej["row"]) == sorted(np.flatnonzero(pos["strike"].to_numpy() < 0).tolist()
+                                        + np.flatnonzero(pos["underlying"].to_numpy() == "NOPE").tolist())
+
+
 def test_existing_output_is_not_overwritten_without_force(book_dir, tmp_path):
     out = run(book_dir, tmp_path / "o")
     before = {f: (out / f).read_bytes() for f in RESULT_FILES}
