@@ -113,7 +113,16 @@ def merge_sorted(name: str, parts: list[pa.Table]) -> pa.Table:
     table = pa.concat_tables(parts) if parts else SCHEMAS[name].empty_table()
     if SORT_KEYS[name][0] != "account_id" or table.num_rows == 0:
         return sort_table(name, table)
-    return table.take(pc.sort_indices(table.column("account_id")))
+    # sort the accounts' runs of rows, not the rows: one string sort of the distinct accounts
+    acc = pc.fill_null(table.column("account_id"), "").combine_chunks()
+    n = len(acc)
+    change = pc.not_equal(acc.slice(1), acc.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.flatnonzero(change) + 1]).astype(np.int64)
+    lengths = np.diff(np.append(starts, n))
+    order = pc.sort_indices(acc.take(pa.array(starts))).to_numpy()
+    s, ln = starts[order], lengths[order]
+    idx = np.repeat(s - (np.cumsum(ln) - ln), ln) + np.arange(n, dtype=np.int64)
+    return table.take(pa.array(idx))
 
 
 def sha256_file(path: Path) -> str:

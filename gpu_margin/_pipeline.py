@@ -524,14 +524,22 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
     final.mkdir()
     outputs = {}
     tables: dict[str, pd.DataFrame] = {}
-    for name in TABLES:
+
+    def finish_table(name: str) -> tuple[str, dict[str, Any], pd.DataFrame | None]:
         parts = sorted((work / "parts" / name).glob("part-*.arrow"))
         table = merge_sorted(name, [read_part(p) for p in parts])
         target = final / f"{name}.parquet"
         write_table(table, target)
-        outputs[str(target.relative_to(final))] = {"sha256": sha256_file(target), "rows": table.num_rows}
-        if name in ("accounts", "margin_calls", "liquidation"):
-            tables[name] = table.to_pandas()
+        frame = table.to_pandas() if name in ("accounts", "margin_calls", "liquidation") else None
+        return name, {"sha256": sha256_file(target), "rows": table.num_rows}, frame
+
+    import dask  # noqa: PLC0415
+
+    # the tables are merged and written side by side (Arrow and Parquet work outside the GIL)
+    for name, info, frame in dask.compute(*[dask.delayed(finish_table)(n) for n in TABLES], scheduler="threads"):
+        outputs[f"{name}.parquet"] = info
+        if frame is not None:
+            tables[name] = frame
     sp_parts = sorted((work / "parts" / "scenario_pnl").glob("part-*.parquet"))
     if sp_parts:
         (final / "scenario_pnl").mkdir()
