@@ -34,9 +34,9 @@ and 2 ulp of NumPy's on millions of arguments) because, without a vector math
 library, LLVM cannot vectorise a loop that calls ``exp``; ``error_model="numpy"``
 drops Python's zero-division checks, whose branches would also stop it. Everything
 else is the ``xp`` code's arithmetic, under the fastmath flags of
-``kernels._fused_cpu`` less ``reassoc`` (the range reductions and the ``xp``
-code's order of operations must stand) and, as there, without ``nsz``, so a zero
-value is +0.0. Every tile and chunk has a compile-time number of lanes (a short one
+``kernels._fused_cpu``: no ``reassoc`` (the range reductions and the ``xp``
+code's order of operations must stand) and no ``nsz``, so a zero value is +0.0;
+LLVM is asked for 512-bit vectors (``kernels._fused_cpu._wide_vectors``). Every tile and chunk has a compile-time number of lanes (a short one
 is padded with copies of a real lane) and the valuation path is chosen per shock
 row, so each value is computed by the same instructions wherever its contract sits
 in the book: results do not depend on the order of the contracts, on the blocks

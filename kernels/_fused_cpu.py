@@ -14,18 +14,20 @@ that calls ``math.exp`` or ``math.log`` stays scalar. So the exponential and the
 logarithm are written out (:func:`_exp`, :func:`_log`: Cody–Waite reduction and
 polynomials, within 1 ulp of the C library's on the arguments the kernels see;
 ``tests/kernels/test_fused_elementary.py``), the normal tails are Hart's rational
-with selects instead of branches, and the grid is computed in blocks of
-contracts: a pass over the block's contracts computes what does not change
-across scenarios (``ln(F/K)``, ``F/K``, ``K·e^{-rT}``, ``√T``), a pass lays
-out one row per (contract, scenario) valuation (``ln(F·u/K)``, ``σ√T``,
-``F·u/K``) in a block-local table, and the valuation loop then runs over that
-table's contiguous rows with a straight-line body that LLVM vectorises (the block
-is padded to a multiple of ``PAD`` rows, so every value is computed by the same
-vector instructions wherever its contract sits in the book: results do not depend
-on the order of the contracts, on the blocks or on the thread count).
+with selects instead of branches, and the grid is computed in tiles of ``LANES``
+contracts: a pass over the tile computes what does not change across scenarios
+(``ln(F/K)``, ``F/K``, ``K·e^{-rT}``, ``√T``) into the rows of a small table,
+then for each scenario a loop over the tile's contracts — the scenario's terms
+(``ln u``, ``u``, the vol shock) broadcast, or gathered first where contracts use
+different shock rows — values them with a straight-line body that LLVM vectorises
+(asked for 512-bit vectors: :func:`_wide_vectors`), and the tile's values are
+then copied into the output rows. A short tile is padded with copies of a real
+contract, so every value is computed by the same vector instructions wherever its
+contract sits in the book: results do not depend on the order of the contracts,
+on the tiles or on the thread count (``tests/kernels/test_fused_elementary.py``).
 
 Threading: called from the main thread, the loop runs on every core
-(``numba.prange`` over chunks of blocks, handed out one at a time); called from
+(``numba.prange`` over chunks of tiles, handed out one at a time); called from
 another thread (a Dask worker thread, which already provides the parallelism) it
 runs serially, so two Dask threads never enter Numba's thread pool at once.
 """
