@@ -78,16 +78,27 @@ def to_table(name: str, df: pd.DataFrame) -> pa.Table:
 HIGH_CARDINALITY = frozenset({"account_id", "position_id", "paired_with", "message"})
 
 
-def write_table(table: pa.Table, path: Path) -> None:
+ROW_GROUP_ROWS = 1_000_000
+
+
+def write_table(table: pa.Table, path: Path, order: np.ndarray | None = None) -> None:
     """Deterministic Parquet: fixed compression, no statistics that depend on timing, one row group per 1M rows.
 
     Dictionary encoding for the repetitive columns (strategy, underlying,
-    reason, ...), plain for the ids.
+    reason, ...), plain for the ids. ``order``: write the rows of ``table`` in
+    this order, one row group at a time (the reordered table is never whole
+    in memory; the file is the same as writing ``table.take(order)``).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     dictionary = [n for n in table.column_names if n not in HIGH_CARDINALITY]
-    pq.write_table(table, path, compression="zstd", row_group_size=1_000_000, write_statistics=True,
-                   store_schema=True, use_dictionary=dictionary)
+    if order is None:
+        pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_statistics=True,
+                       store_schema=True, use_dictionary=dictionary)
+        return
+    with pq.ParquetWriter(path, table.schema, compression="zstd", write_statistics=True, store_schema=True,
+                          use_dictionary=dictionary) as writer:
+        for i in range(0, max(len(order), 1), ROW_GROUP_ROWS):
+            writer.write_table(table.take(pa.array(order[i:i + ROW_GROUP_ROWS])), row_group_size=ROW_GROUP_ROWS)
 
 
 def write_part(table: pa.Table, path: Path) -> None:
@@ -104,15 +115,19 @@ def read_part(path: Path) -> pa.Table:
         return pa.ipc.open_file(source).read_all()
 
 
-def merge_sorted(name: str, parts: list[pa.Table]) -> pa.Table:
-    """Concatenate part tables of disjoint accounts, each sorted by ``SORT_KEYS[name]``, into one sorted table.
+def merge_order(name: str, parts: list[pa.Table]) -> tuple[pa.Table, np.ndarray]:
+    """The part tables concatenated, and the row order that sorts them by ``SORT_KEYS[name]``.
 
-    When the first key is ``account_id`` a stable sort on it alone orders the
-    whole table (each account's rows come from one part, already in order).
+    Parts hold disjoint accounts, each sorted; when the first key is
+    ``account_id`` only the accounts' runs of rows need ordering (a stable
+    sort of the distinct accounts).
     """
     table = pa.concat_tables(parts) if parts else SCHEMAS[name].empty_table()
     if SORT_KEYS[name][0] != "account_id" or table.num_rows == 0:
-        return sort_table(name, table)
+        if table.num_rows == 0:
+            return table, np.zeros(0, np.int64)
+        keys = [(k, "ascending") for k in SORT_KEYS[name]]
+        return table, pc.sort_indices(table, sort_keys=keys).to_numpy()
     # sort the accounts' runs of rows, not the rows: one string sort of the distinct accounts
     acc = pc.fill_null(table.column("account_id"), "").combine_chunks()
     n = len(acc)
@@ -121,8 +136,7 @@ def merge_sorted(name: str, parts: list[pa.Table]) -> pa.Table:
     lengths = np.diff(np.append(starts, n))
     order = pc.sort_indices(acc.take(pa.array(starts))).to_numpy()
     s, ln = starts[order], lengths[order]
-    idx = np.repeat(s - (np.cumsum(ln) - ln), ln) + np.arange(n, dtype=np.int64)
-    return table.take(pa.array(idx))
+    return table, np.repeat(s - (np.cumsum(ln) - ln), ln) + np.arange(n, dtype=np.int64)
 
 
 def sha256_file(path: Path) -> str:

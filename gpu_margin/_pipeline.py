@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from ._exceptions import JobError
 from ._job import Job
-from ._outputs import SCHEMAS, merge_sorted, read_part, sha256_file, sort_table, to_table, write_part, write_table
+from ._outputs import merge_order, read_part, sha256_file, sort_table, to_table, write_part, write_table
 
 log = logging.getLogger("gpu_margin")
 
@@ -527,10 +527,11 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
 
     def finish_table(name: str) -> tuple[str, dict[str, Any], pd.DataFrame | None]:
         parts = sorted((work / "parts" / name).glob("part-*.arrow"))
-        table = merge_sorted(name, [read_part(p) for p in parts])
+        table, order = merge_order(name, [read_part(p) for p in parts])  # memory-mapped parts
         target = final / f"{name}.parquet"
-        write_table(table, target)
-        frame = table.to_pandas() if name in ("accounts", "margin_calls", "liquidation") else None
+        write_table(table, target, order)
+        frame = table.take(pa.array(order)).to_pandas() if name in ("accounts", "margin_calls", "liquidation") \
+            else None
         return name, {"sha256": sha256_file(target), "rows": table.num_rows}, frame
 
     import dask  # noqa: PLC0415
