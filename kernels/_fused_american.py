@@ -73,11 +73,8 @@ from .normal import _P, _Q
 
 try:  # Numba is a dependency; keep the xp path usable if it is broken on a platform.
     import numba
-    from llvmlite import ir as _llvm_ir
-    from numba.core import types as _nb_types
-    from numba.extending import intrinsic as _intrinsic
 
-    from ._fused_cpu import _wide_vectors
+    from ._fused_cpu import _from_bits, _to_bits, _wide_vectors
 
     HAVE_NUMBA = True
 except Exception:  # pragma: no cover
@@ -771,26 +768,6 @@ def american_grid_fused(
 _FASTMATH = {"contract", "arcp", "afn"}
 
 if HAVE_NUMBA:
-
-    @_intrinsic
-    def _from_bits(typingctx, bits):
-        """The float64 with IEEE-754 bit pattern ``bits`` (an int64)."""
-        sig = _nb_types.float64(_nb_types.int64)
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], _llvm_ir.DoubleType())
-
-        return sig, codegen
-
-    @_intrinsic
-    def _to_bits(typingctx, x):
-        """The IEEE-754 bit pattern of float64 ``x``, as an int64."""
-        sig = _nb_types.int64(_nb_types.float64)
-
-        def codegen(context, builder, signature, args):
-            return builder.bitcast(args[0], _llvm_ir.IntType(64))
-
-        return sig, codegen
 
     from numba.core.cpu import CPUTargetOptions as _Options
 
