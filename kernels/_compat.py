@@ -26,6 +26,12 @@ def sorted_segment_sum(xp: Any, values: Any, segment_ids: Any, n_segments: int) 
 def _segment_sum_numpy(values: Any, segment_ids: Any, n_segments: int) -> Any:
     import numpy as np  # noqa: PLC0415
 
+    from ._fused_cpu import HAVE_NUMBA  # noqa: PLC0415
+
+    if HAVE_NUMBA and values.dtype == np.float64:
+        from ._fused_cpu import segment_sum_fused  # noqa: PLC0415
+
+        return segment_sum_fused(values, segment_ids, n_segments)
     n, m = values.shape
     out = np.zeros((n_segments, m), dtype=np.float64)
     if n == 0:

@@ -446,6 +446,30 @@ if HAVE_NUMBA:
     _price_parallel = numba.njit(parallel=True, **_loop)(_price_loop)
     _price_serial = numba.njit(parallel=False, **_loop)(_price_loop)
 
+    @numba.njit(cache=True, nogil=True)
+    def _segment_sum_loop(values, seg, out):
+        # rows in order: the first row of a segment is copied, the others added
+        n, m = values.shape
+        for i in range(n):
+            s = seg[i]
+            if i == 0 or s != seg[i - 1]:
+                for j in range(m):
+                    out[s, j] = values[i, j]
+            else:
+                for j in range(m):
+                    out[s, j] += values[i, j]
+
+    def segment_sum_fused(values: np.ndarray, segment_ids: np.ndarray, n_segments: int) -> np.ndarray:
+        """Row sums of float64 ``values`` ``(n, m)`` per sorted segment id, ``(n_segments, m)``.
+
+        Each segment's rows are added in row order (the first copied, so a
+        segment of ``-0.0`` sums to ``-0.0``), in one pass that releases the
+        GIL (partitions run on threads; ``np.add.reduceat`` holds it).
+        """
+        out = np.zeros((n_segments, values.shape[1]), dtype=np.float64)
+        _segment_sum_loop(np.asarray(values, dtype=np.float64), np.asarray(segment_ids, dtype=np.int64), out)
+        return out
+
     def _vectorized(fn):
         """A NumPy-facing loop over a scalar helper (for tests and checks; not used by the kernels)."""
 

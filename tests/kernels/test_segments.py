@@ -102,3 +102,27 @@ def test_small_segment_after_a_huge_one_keeps_full_precision(xp):
 def test_random_books(xp, seed, n, m, n_segments):
     values, ids = _random_case(seed, n, m, n_segments)
     _check(xp, values, ids, n_segments)
+
+
+@pytest.mark.parametrize("layout", ["c", "fortran", "strided"])
+def test_compiled_numpy_path_adds_each_segment_in_row_order(layout):
+    """The NumPy branch (a compiled loop that releases the GIL) equals adding the rows in order; -0.0 stays."""
+    from gpu_margin.kernels._fused_cpu import HAVE_NUMBA
+
+    if not HAVE_NUMBA:
+        pytest.skip("Numba is not importable")
+    values, ids = _random_case(5, 600, 11, 90)
+    values[ids == ids[0]] = -0.0  # a segment of negative zeros
+    if layout == "fortran":
+        values = np.asfortranarray(values)
+    elif layout == "strided":
+        values = np.repeat(values, 2, axis=1)[:, ::2]
+    got = segment_sum(values, ids, 90)
+    want = np.zeros((90, values.shape[1]))
+    for s in np.unique(ids):
+        rows = values[ids == s]
+        acc = rows[0].copy()
+        for r in rows[1:]:
+            acc = acc + r
+        want[s] = acc
+    assert np.array_equal(got, want) and np.all(np.signbit(got[ids[0]]))
