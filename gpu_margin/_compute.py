@@ -11,7 +11,7 @@ import pandas as pd
 
 from ._backend import Backend, select_backend
 from ._methodology import Methodology, load_methodology
-from ._pm import Book, grid_margin, option_values, prepare_book, scenario_pnl_by_account
+from ._pm import Book, grid_margin, kind_array, option_values, prepare_book, scenario_pnl_by_account
 from ._scenarios import grid_table, joint_table
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def value_positions(book: Book, backend: Backend, v0: Any = None) -> pd.DataFram
         v0, _ = option_values(book, None, backend)
     v0_h = backend.to_host(v0)
     con = p["_con"].to_numpy(np.int64)
-    kind = p["kind"].to_numpy()
+    kind = kind_array(p)
     value0 = np.where(con >= 0, v0_h[np.where(con >= 0, con, 0)] if v0_h.size else 0.0,
                       np.where(kind == "stock", p["spot"].to_numpy(np.float64), 0.0))
     mark = p["mark"].to_numpy(np.float64)

@@ -55,6 +55,7 @@ import pyarrow.compute as pc
 
 from ._backend import Backend
 from ._methodology import Methodology
+from ._pm import kind_array
 from .kernels import segment_sum
 
 __all__ = ["MAX_STEPS", "MV_FLOOR", "PLAN_COLUMNS", "GridEngine", "RegTEngine", "greedy_plans", "liquidation_plans"]
@@ -550,7 +551,7 @@ def _grid_engine(grid: Any, p: pd.DataFrame, meth: Methodology, backend: Backend
         table = {g: float(getattr(meth.group(g), key)) for g in pd.unique(series)}
         return series.map(table).to_numpy(np.float64)
 
-    kind = p["kind"].to_numpy()
+    kind = kind_array(p)
     qty = q0
     mult = p["multiplier"].to_numpy(np.float64)
     minc = per_group(p["product_group"], "min_charge_per_contract")

@@ -36,6 +36,20 @@ class Book:
     und_names: np.ndarray
 
 
+_KINDS = np.array(["stock", "option", "future"])
+
+
+def kind_array(pos: pd.DataFrame) -> np.ndarray:
+    """The ``kind`` column as a NumPy string array (from the ``_kind`` codes of a prepared book).
+
+    Comparing NumPy strings needs no Python objects (the column itself is
+    Arrow-backed: ``to_numpy()`` would build one Python string per row).
+    """
+    if "_kind" in pos.columns:
+        return _KINDS[pos["_kind"].to_numpy()]
+    return pos["kind"].to_numpy(dtype=object).astype(str)
+
+
 def _codes(s: pd.Series, sort: bool = True) -> np.ndarray:
     return pd.factorize(s, sort=sort)[0].astype(np.int64)
 
@@ -71,7 +85,8 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
     groups = pos.loc[first_grp, ["account_id", "product_group"]].reset_index(drop=True)
     accounts = pos["account_id"].to_numpy(dtype=object)[
         np.flatnonzero(np.r_[True, np.diff(acc) != 0])] if len(pos) else np.zeros(0, dtype=object)
-    is_opt = (pos["kind"] == "option").to_numpy()
+    kind_code = pd.Index(_KINDS).get_indexer(pos["kind"]).astype(np.int8)  # validated: one of the three
+    is_opt = kind_code == 1
     und_index = pd.Index(und_names)
     opt = pos.loc[is_opt, CONTRACT_KEY]
     # distinct contracts: combine per-column hash codes (first-appearance order: deterministic)
@@ -89,6 +104,7 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
         _cls=cls_codes.astype(np.int64),
         _grp=grp_codes.astype(np.int64),
         _con=contract_idx,
+        _kind=kind_code,
         _und=und_index.get_indexer(pos["underlying"]).astype(np.int64),
     )
     contracts = contracts.assign(_und=und_index.get_indexer(contracts["underlying"]).astype(np.int64))
@@ -123,7 +139,7 @@ def position_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Bac
     """P/L of every position under every scenario, ``(n_positions, m)``, coverage applied."""
     xp = backend.xp
     p = book.pos
-    kind = p["kind"].to_numpy()
+    kind = kind_array(p)
     size = backend.asarray((p["quantity"] * p["multiplier"]).to_numpy(np.float64))
     und = backend.asarray(p["_und"].to_numpy(np.int64))
     move = xp.take(backend.asarray(table.price_move), und, axis=0)
@@ -203,7 +219,7 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
     group_risk, group_worst = _masked_worst(xp, -group_pnl, grp_valid)
 
     # minimums: per option/future contract, long options capped at market value
-    kind = p["kind"].to_numpy()
+    kind = kind_array(p)
     qty = p["quantity"].to_numpy(np.float64)
     mult = p["multiplier"].to_numpy(np.float64)
     minc = _per_group(meth, p["product_group"], "min_charge_per_contract")
