@@ -74,7 +74,7 @@ from .normal import _P, _Q
 try:  # Numba is a dependency; keep the xp path usable if it is broken on a platform.
     import numba
 
-    from ._fused_cpu import _from_bits, _to_bits, _wide_vectors
+    from ._fused_cpu import _from_bits, _log_mk, _to_bits, _wide_vectors
 
     HAVE_NUMBA = True
 except Exception:  # pragma: no cover
@@ -132,13 +132,6 @@ OPTION_MAJOR = 8  # value by option where a row has at least this many scenarios
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93145751953125e-1  # Cody–Waite: 16 significant bits, so n·_LN2_HI is exact
 _LN2_LO = 1.42860682030941723212e-6
-_LOG_LN2_HI = 6.93147180369123816490e-01  # fdlibm's split for the logarithm
-_LOG_LN2_LO = 1.90821492927058770002e-10
-_SQRT2 = 1.4142135623730951
-_LG1, _LG2, _LG3, _LG4, _LG5, _LG6, _LG7 = (
-    6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01, 2.222219843214978396e-01,
-    1.818357216161805012e-01, 1.531383769920937332e-01, 1.479819860511658591e-01,
-)
 # e^r on |r| <= ln2/2: minimax (Remez, relative error 1.8e-17) of degree 11 with c0 = 1
 X1, X2, X3, X4, X5, X6, X7, X8, X9, X10, X11 = (
     1.0000000000000007, 0.5000000000000006, 0.166666666666573, 0.041666666666573635, 0.00833333333771546,
@@ -206,21 +199,7 @@ def _expm1_impl(x):
 def _log_impl(x):
     """``ln x`` for positive normal ``x`` (and +inf) within 1 ulp (fdlibm's kernel), no calls."""
     bits = _to_bits(x)
-    k = (bits >> 52) - 1023
-    m = _from_bits((bits & _MANT) | _ONE_BITS)  # [1, 2)
-    big = m > _SQRT2
-    m = m * 0.5 if big else m
-    k = k + 1 if big else k
-    f = m - 1.0
-    s = f / (2.0 + f)
-    z = s * s
-    w = z * z
-    t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
-    t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
-    rr = t2 + t1
-    hfsq = 0.5 * f * f
-    dk = np.float64(k)
-    out = dk * _LOG_LN2_HI - ((hfsq - (s * (hfsq + rr) + dk * _LOG_LN2_LO)) - f)
+    out = _log_mk((bits >> 52) - 1023, _from_bits((bits & _MANT) | _ONE_BITS))
     return x if x > _DBL_MAX else out
 
 

@@ -137,18 +137,9 @@ def _exp_impl(x):
     return _exp_c(x, COEF)
 
 
-def _log_impl(x):
-    """``ln x`` within 1 ulp (fdlibm's kernel), branch-free: vectorises.
-
-    ``-inf`` at 0, ``nan`` below 0 and at ``nan``, ``inf`` at ``inf``; subnormal
-    arguments are scaled into range first.
-    """
-    sub = x < _DBL_MIN
-    xs = x * _TWO54 if sub else x
-    bits = _to_bits(xs)
-    k = (bits >> 52) - 1023
-    k = k - 54 if sub else k
-    m = _from_bits((bits & _MANT) | _ONE_BITS)  # [1, 2)
+def _log_mk_impl(k, m):
+    """``ln(m·2^k)`` for ``m`` in [1, 2) within 1 ulp: fdlibm's kernel, branch-free (shared with
+    the American loops)."""
     big = m > _SQRT2
     m = m * 0.5 if big else m
     k = k + 1 if big else k
@@ -161,7 +152,21 @@ def _log_impl(x):
     rr = t2 + t1
     hfsq = 0.5 * f * f
     dk = np.float64(k)
-    out = dk * _LOG_LN2_HI - ((hfsq - (s * (hfsq + rr) + dk * _LOG_LN2_LO)) - f)
+    return dk * _LOG_LN2_HI - ((hfsq - (s * (hfsq + rr) + dk * _LOG_LN2_LO)) - f)
+
+
+def _log_impl(x):
+    """``ln x`` within 1 ulp (fdlibm's kernel), branch-free: vectorises.
+
+    ``-inf`` at 0, ``nan`` below 0 and at ``nan``, ``inf`` at ``inf``; subnormal
+    arguments are scaled into range first.
+    """
+    sub = x < _DBL_MIN
+    xs = x * _TWO54 if sub else x
+    bits = _to_bits(xs)
+    k = (bits >> 52) - 1023
+    k = k - 54 if sub else k
+    out = _log_mk(k, _from_bits((bits & _MANT) | _ONE_BITS))
     out = -math.inf if x == 0.0 else out
     out = math.nan if x < 0.0 else out
     return x if not x < math.inf else out  # inf and nan
@@ -434,6 +439,7 @@ if HAVE_NUMBA:
     _inline = numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy", **_inline_kw)
     _exp_c = _inline(_exp_c_impl)
     _exp = _inline(_exp_impl)
+    _log_mk = _inline(_log_mk_impl)
     _log = _inline(_log_impl)
     _mills_c = _inline(_mills_c_impl)
     _norm_cdf = _inline(_norm_cdf_impl)
