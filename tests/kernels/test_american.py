@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import to_np, to_xp
+from conftest import quantlib_bsm_process, to_np, to_xp
 from gpu_margin.kernels import american_boundary, american_price, bsm_price, price_grid
 from gpu_margin.kernels.american import AmericanPut
 
@@ -52,16 +52,7 @@ def _wide(seed: int, n: int) -> dict[str, np.ndarray]:
 
 def quantlib_american(is_call: bool, c: dict[str, np.ndarray], engine: str, steps: int = 2001) -> np.ndarray:
     """QuantLib values, T = days/365 exactly: ``engine`` "lr" (binomial tree) or "qdfp" (high precision)."""
-    today = ql.Date(15, 1, 2024)
-    ql.Settings.instance().evaluationDate = today
-    dc = ql.Actual365Fixed()
-    s_q, r_q, q_q, v_q = (ql.SimpleQuote(0.0) for _ in range(4))
-    process = ql.BlackScholesMertonProcess(
-        ql.QuoteHandle(s_q),
-        ql.YieldTermStructureHandle(ql.FlatForward(today, ql.QuoteHandle(q_q), dc, ql.Continuous)),
-        ql.YieldTermStructureHandle(ql.FlatForward(today, ql.QuoteHandle(r_q), dc, ql.Continuous)),
-        ql.BlackVolTermStructureHandle(ql.BlackConstantVol(today, ql.NullCalendar(), ql.QuoteHandle(v_q), dc)),
-    )
+    today, process, (s_q, r_q, q_q, v_q) = quantlib_bsm_process()
     if engine == "lr":
         pricing_engine = ql.BinomialVanillaEngine(process, "lr", steps)
     else:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import to_np, to_xp
+from conftest import quantlib_bsm_process, random_contracts, to_np, to_xp
 from gpu_margin.kernels import bsm_delta, bsm_gamma, bsm_price, bsm_vega
 
 ql = pytest.importorskip("QuantLib")
@@ -23,33 +23,9 @@ GREEK_RTOL = 1e-8
 GREEK_ATOL = 1e-12  # delta (dimensionless); gamma gets 1e-12/S, vega 1e-12·S
 
 
-def _random_contracts(seed: int, n: int) -> dict[str, np.ndarray]:
-    """Calls and puts, S 1–5000, K/S 0.5–2, 1 day–3 years (whole days), vol 1–300%, r 0–10%, q 0–6%."""
-    rng = np.random.default_rng(seed)
-    spot = np.exp(rng.uniform(np.log(1.0), np.log(5000.0), n))
-    return dict(
-        is_call=rng.random(n) < 0.5,
-        spot=spot,
-        strike=spot * np.exp(rng.uniform(np.log(0.5), np.log(2.0), n)),
-        days=rng.integers(1, 3 * 365 + 1, n),
-        vol=np.exp(rng.uniform(np.log(0.01), np.log(3.0), n)),
-        rate=rng.uniform(0.0, 0.10, n),
-        q=rng.uniform(0.0, 0.06, n),
-    )
-
-
 def quantlib_values(is_call, spot, strike, days, vol, rate, q) -> np.ndarray:
     """``(n, 4)``: NPV, delta, gamma, vega (per 1.00 of vol) from QuantLib, T = days/365 exactly."""
-    today = ql.Date(15, 1, 2024)
-    ql.Settings.instance().evaluationDate = today
-    dc = ql.Actual365Fixed()
-    s_q, r_q, q_q, v_q = (ql.SimpleQuote(0.0) for _ in range(4))
-    process = ql.BlackScholesMertonProcess(
-        ql.QuoteHandle(s_q),
-        ql.YieldTermStructureHandle(ql.FlatForward(today, ql.QuoteHandle(q_q), dc, ql.Continuous)),
-        ql.YieldTermStructureHandle(ql.FlatForward(today, ql.QuoteHandle(r_q), dc, ql.Continuous)),
-        ql.BlackVolTermStructureHandle(ql.BlackConstantVol(today, ql.NullCalendar(), ql.QuoteHandle(v_q), dc)),
-    )
+    today, process, (s_q, r_q, q_q, v_q) = quantlib_bsm_process()
     engine = ql.AnalyticEuropeanEngine(process)
     arrays = np.broadcast_arrays(is_call, spot, strike, days, vol, rate, q)
     out = np.empty((arrays[0].size, 4))
@@ -67,8 +43,8 @@ def quantlib_values(is_call, spot, strike, days, vol, rate, q) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def book():
-    c = _random_contracts(20240611, 4000)
-    return c, quantlib_values(**c)
+    c = random_contracts(20240611, 4000)
+    return c, quantlib_values(*(c[k] for k in ("is_call", "spot", "strike", "days", "vol", "rate", "q")))
 
 
 def _args(xp, c):
@@ -174,7 +150,7 @@ def test_scalars_and_broadcasting():
 
 # --- invariants, on hypothesis-drawn books --------------------------------------------------
 
-_book = st.integers(0, 2**32 - 1).map(lambda seed: _random_contracts(seed, 64))
+_book = st.integers(0, 2**32 - 1).map(lambda seed: random_contracts(seed, 64))
 _hyp = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -236,7 +212,7 @@ def test_homogeneous_in_spot_and_strike(c, lam):
 
 
 def test_greeks_match_finite_differences():
-    c = _random_contracts(99, 400)
+    c = random_contracts(99, 400)
     is_call, s, k, t, v, r, y = _np_args(c)
     h = 1e-3 * s * v * np.sqrt(t)  # a thousandth of the distribution's width
     price = lambda spot, vol: bsm_price(is_call, spot, k, t, vol, r, y)  # noqa: E731

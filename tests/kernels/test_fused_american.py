@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import random_contracts
 from gpu_margin.kernels import _fused_american, price_grid
 
 pytestmark = pytest.mark.skipif(not _fused_american.HAVE_NUMBA, reason="Numba not importable")
@@ -18,19 +19,11 @@ ATOL_PER_SPOT = 1e-12
 def _book(n: int, seed: int) -> dict[str, np.ndarray]:
     """Calls and puts, S 1–5000, K/S 0.05–20 (deep in and out of the money), T 1 day–5 years
     (5% expired), vol 1–300%, r 0–10%, q 0–6%; calls without yield and puts at zero rate."""
-    rng = np.random.default_rng(seed)
-    spot = np.exp(rng.uniform(np.log(1.0), np.log(5000.0), n))
-    t = rng.integers(1, 5 * 365 + 1, n) / 365.0
-    t[rng.random(n) < 0.05] = 0.0
-    b = dict(
-        is_call=rng.random(n) < 0.5,
-        spot=spot,
-        strike=spot * np.exp(rng.uniform(np.log(0.5), np.log(2.0), n)),
-        t=t,
-        vol=np.exp(rng.uniform(np.log(0.01), np.log(3.0), n)),
-        rate=rng.uniform(0.0, 0.10, n),
-        dividend_yield=rng.uniform(0.0, 0.06, n),
-    )
+    b = random_contracts(seed, n, max_days=5 * 365, expired=0.05)
+    b["dividend_yield"] = b.pop("q")
+    del b["days"]
+    spot = b["spot"]
+    rng = np.random.default_rng([seed, 1])  # the extra draws below
     deep = rng.random(n) < 0.1
     b["strike"][deep] = spot[deep] * np.exp(rng.uniform(np.log(0.05), np.log(20.0), deep.sum()))
     k = n // 20

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import to_np, to_xp
+from conftest import random_contracts, to_np, to_xp
 from gpu_margin.kernels import american_price, bsm_price, price_grid
 from gpu_margin.kernels.grid import BLOCK_ELEMENTS, VOL_FLOOR
 
@@ -23,21 +23,8 @@ def _is_numpy(xp) -> bool:
 
 
 def _book(seed: int, n: int, american: float = 0.0, expired: float = 0.05) -> dict[str, np.ndarray]:
-    """Calls and puts, S 1–5000, K/S 0.5–2, T 1 day–3 years (some 0), vol 1–300%, r 0–10%, q 0–6%."""
-    rng = np.random.default_rng(seed)
-    spot = np.exp(rng.uniform(np.log(1.0), np.log(5000.0), n))
-    t = rng.integers(1, 3 * 365 + 1, n) / 365.0
-    t[rng.random(n) < expired] = 0.0
-    return dict(
-        is_call=rng.random(n) < 0.5,
-        spot=spot,
-        strike=spot * np.exp(rng.uniform(np.log(0.5), np.log(2.0), n)),
-        t=t,
-        vol=np.exp(rng.uniform(np.log(0.01), np.log(3.0), n)),
-        rate=rng.uniform(0.0, 0.10, n),
-        q=rng.uniform(0.0, 0.06, n),
-        american=rng.random(n) < american,
-    )
+    """:func:`random_contracts` with some expired (T = 0) and a share American."""
+    return random_contracts(seed, n, expired=expired, american=american)
 
 
 def _tables(seed: int, k: int, m: int, vol_mode: str) -> tuple[np.ndarray, np.ndarray]:

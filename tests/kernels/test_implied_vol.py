@@ -8,26 +8,11 @@ import numpy as np
 import pytest
 
 import gpu_margin
-from conftest import to_np, to_xp
+from conftest import random_contracts, to_np, to_xp
 from gpu_margin.kernels import american_price, bsm_price, implied_vol
 
 _iv_module = sys.modules["gpu_margin.kernels.implied_vol"]
 VOL_MIN, VOL_MAX = _iv_module.VOL_MIN, _iv_module.VOL_MAX
-
-
-def _contracts(seed: int, n: int) -> dict[str, np.ndarray]:
-    """Calls and puts, S 1–5000, K/S 0.5–2, 1 day–3 years, vol 1–300%, r 0–10%, q 0–6%."""
-    rng = np.random.default_rng(seed)
-    spot = np.exp(rng.uniform(np.log(1.0), np.log(5000.0), n))
-    return dict(
-        is_call=rng.random(n) < 0.5,
-        spot=spot,
-        strike=spot * np.exp(rng.uniform(np.log(0.5), np.log(2.0), n)),
-        t=rng.integers(1, 3 * 365 + 1, n) / 365.0,
-        vol=np.exp(rng.uniform(np.log(0.01), np.log(3.0), n)),
-        rate=rng.uniform(0.0, 0.10, n),
-        q=rng.uniform(0.0, 0.06, n),
-    )
 
 
 def _pricer(american: bool):
@@ -92,14 +77,14 @@ def _xp_args(xp, c, price):
 
 
 def test_round_trip_european(xp):
-    c = _contracts(11, 2000)
+    c = random_contracts(11, 2000)
     price = _model(c, c["vol"], american=False)
     vol, ok = implied_vol(*_xp_args(xp, c, price))
     _check_round_trip(c, price, to_np(vol), to_np(ok), american=False)
 
 
 def test_round_trip_american():
-    c = _contracts(12, 400)
+    c = random_contracts(12, 400)
     price = _model(c, c["vol"], american=True)
     vol, ok = implied_vol(*_xp_args(np, c, price), american=True)
     _check_round_trip(c, price, vol, ok, american=True)
@@ -108,7 +93,7 @@ def test_round_trip_american():
 def test_round_trip_mixed_styles():
     """A per-row ``american`` flag: each row is inverted with its own model."""
     n = 200
-    c = _contracts(13, n)
+    c = random_contracts(13, n)
     amer = np.random.default_rng(14).random(n) < 0.5
     price = np.where(amer, _model(c, c["vol"], True), _model(c, c["vol"], False))
     vol, ok = implied_vol(*_xp_args(np, c, price), american=amer)
@@ -220,7 +205,7 @@ def test_impossible_prices_are_rejected(xp, american):
 
 def test_rejections_do_not_disturb_neighbours(xp):
     """Bad rows mixed into a good book: the good rows come out exactly as on their own."""
-    c = _contracts(21, 50)
+    c = random_contracts(21, 50)
     good = _model(c, c["vol"], False)
     alone_vol, alone_ok = (to_np(a) for a in implied_vol(*_xp_args(xp, c, good)))
     bad = _bad_prices(False)
