@@ -56,6 +56,7 @@ import pyarrow.compute as pc
 from ._backend import Backend
 from ._methodology import Methodology
 from ._pm import kind_array
+from ._regt import _STR_DTYPE
 from .kernels import segment_sum
 
 __all__ = ["MAX_STEPS", "MV_FLOOR", "PLAN_COLUMNS", "GridEngine", "RegTEngine", "greedy_plans", "liquidation_plans"]
@@ -71,8 +72,6 @@ RELIEF_ABS = 1e-6
 RELIEF_REL = 1e-12
 #: Device elements per chunk of candidate evaluations (candidates × scenarios).
 CHUNK_ELEMENTS = 1 << 22
-#: The dtype pandas gives Python strings (``str`` on pandas 3, ``object`` before).
-_STR = pd.Series(["x"]).dtype
 #: Rows of pseudo-accounts per Reg T evaluation call.
 REGT_CHUNK_ROWS = 1 << 20
 
@@ -641,8 +640,8 @@ class RegTEngine:
             return out
         ks = pa.array(key).cast(pa.string())  # pseudo-account ids; a position may be in several
         pid = pc.binary_join_element_wise(self.pid_arrow.take(pa.array(idx)), ks, "\x00")
-        frame = self.base.iloc[idx].assign(quantity=qty, account_id=pd.array(ks, dtype=_STR),
-                                           position_id=pd.array(pid, dtype=_STR))
+        frame = self.base.iloc[idx].assign(quantity=qty, account_id=pd.array(ks, dtype=_STR_DTYPE),
+                                           position_id=pd.array(pid, dtype=_STR_DTYPE))
         acc, _ = regt_requirements(frame, legs=False)
         out[acc["account_id"].astype(np.int64).to_numpy()] = acc["regt_maintenance"].to_numpy(np.float64)
         return out
@@ -662,6 +661,10 @@ class RegTEngine:
     def _account_req(self) -> np.ndarray:
         return np.bincount(self.ck_acc, weights=self.comp_req, minlength=self.n_acc)
 
+    def _with(self, ck: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """Requirement of the account of component ``ck[j]`` if that component required ``new[j]``."""
+        return self._account_req()[self.ck_acc[ck]] - self.comp_req[ck] + new
+
     def requirement(self, q: np.ndarray) -> np.ndarray:
         """Requirement of every account at holdings ``q``, ``(n_accounts,)``."""
         self._note(q)
@@ -680,7 +683,7 @@ class RegTEngine:
             got = self._evaluate(q, self.ck[need], lambda idx, j: np.where(idx == need[j], 0.0, q[idx]))
             self._close_req[need], self._close_ok[need] = got, True
             new = self._close_req[cand]
-        return self._account_req()[self.ck_acc[ck_c]] - self.comp_req[ck_c] + new
+        return self._with(ck_c, new)
 
     def evaluate_classes(self, q: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """Requirement of the account of each class ``classes[j]`` with the whole class closed, ``(k,)``."""
@@ -689,7 +692,7 @@ class RegTEngine:
         first[self.cls_h[::-1]] = np.arange(self.cls_h.size)[::-1]
         ck = self.ck[first[classes]]
         new = self._evaluate(q, ck, lambda idx, j: np.where(self.cls_h[idx] == classes[j], 0.0, q[idx]))
-        return self._account_req()[self.ck_acc[ck]] - self.comp_req[ck] + new
+        return self._with(ck, new)
 
     def _evaluate(self, q: np.ndarray, ck_c: np.ndarray, qty_of: Any) -> np.ndarray:
         """Requirement of component ``ck_c[j]`` with its rows held as ``qty_of(rows, j)``, for every ``j``.

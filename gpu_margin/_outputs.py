@@ -126,8 +126,7 @@ def merge_order(name: str, parts: list[pa.Table]) -> tuple[pa.Table, np.ndarray]
     if SORT_KEYS[name][0] != "account_id" or table.num_rows == 0:
         if table.num_rows == 0:
             return table, np.zeros(0, np.int64)
-        keys = [(k, "ascending") for k in SORT_KEYS[name]]
-        return table, pc.sort_indices(table, sort_keys=keys).to_numpy()
+        return table, pc.sort_indices(table, sort_keys=_ascending(name)).to_numpy()
     # sort the accounts' runs of rows, not the rows: one string sort of the distinct accounts
     acc = pc.fill_null(table.column("account_id"), "").combine_chunks()
     n = len(acc)
@@ -147,6 +146,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _ascending(name: str) -> list[tuple[str, str]]:
+    return [(k, "ascending") for k in SORT_KEYS[name]]
+
+
 def sort_table(name: str, table: pa.Table) -> pa.Table:
-    keys = [(k, "ascending") for k in SORT_KEYS[name]]
-    return table.sort_by(keys) if table.num_rows else table
+    return table.sort_by(_ascending(name)) if table.num_rows else table
