@@ -50,13 +50,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from ._backend import Backend
 from ._methodology import Methodology
 from ._pm import kind_array
-from ._regt import _STR_DTYPE
 from .kernels import segment_sum
 
 __all__ = ["MAX_STEPS", "MV_FLOOR", "PLAN_COLUMNS", "GridEngine", "RegTEngine", "greedy_plans", "liquidation_plans"]
@@ -70,6 +67,8 @@ MV_FLOOR = 1.0
 #: A close must lower the requirement by more than this (dollars, plus a relative part) to count.
 RELIEF_ABS = 1e-6
 RELIEF_REL = 1e-12
+#: Significant bits of relief per dollar that rank candidates (about 9 decimal digits; see _ratio_key).
+RATIO_BITS = 30
 #: Device elements per chunk of candidate evaluations (candidates × scenarios).
 CHUNK_ELEMENTS = 1 << 22
 #: Rows of pseudo-accounts per Reg T evaluation call.
@@ -183,7 +182,7 @@ def greedy_plans(engine: Any, calls: pd.DataFrame, pos: pd.DataFrame) -> pd.Data
         ok = relief > _relief_floor(req[ca])
         traded = np.maximum(np.abs(mv0[cand] * (q[cand] / q0[cand])), MV_FLOOR)
         sel = np.flatnonzero(ok)
-        order = sel[np.lexsort((pid_rank[cand[sel]], -(relief[sel] / traded[sel]), ca[sel]))]
+        order = sel[np.lexsort((pid_rank[cand[sel]], -_ratio_key(relief[sel] / traded[sel]), ca[sel]))]
         _, first = np.unique(ca[order], return_index=True)
         best = order[first]  # one candidate per account: the most relief per dollar traded
         chosen_pos, chosen_acc, chosen_req = [cand[best]], [ca[best]], [req_new[best]]
@@ -250,6 +249,20 @@ def greedy_plans(engine: Any, calls: pd.DataFrame, pos: pd.DataFrame) -> pd.Data
     return pd.concat(parts, ignore_index=True) if parts else empty_plans()
 
 
+def _ratio_key(ratio: np.ndarray) -> np.ndarray:
+    """Relief per dollar rounded to ``RATIO_BITS`` significant bits, the key candidates are ranked by.
+
+    Relief is a difference of account requirements, each a sum over many legs
+    or scenarios, so it carries rounding noise of about 1e-16 of the account's
+    requirement; candidates whose ratios are equal in exact arithmetic (two
+    long stock positions: 25% of value each) would otherwise be ordered by
+    that noise, which moves with the summation order. Rounded, they tie and
+    the position id decides.
+    """
+    m, e = np.frexp(ratio)
+    return np.ldexp(np.round(m * float(1 << RATIO_BITS)), e - RATIO_BITS)
+
+
 def _relief_floor(req: np.ndarray) -> np.ndarray:
     """Least requirement decrease that counts as relief (float noise is not relief)."""
     return RELIEF_ABS + RELIEF_REL * np.abs(req)
@@ -276,7 +289,7 @@ def _composites(engine: Any, q: np.ndarray, stuck: np.ndarray, req: np.ndarray, 
                        minlength=cc.size)
     ok = c_relief > _relief_floor(req[c_acc])
     sel = np.flatnonzero(ok)
-    order = sel[np.lexsort((cc[sel], -(c_relief[sel] / np.maximum(mv_c[sel], MV_FLOOR)), c_acc[sel]))]
+    order = sel[np.lexsort((cc[sel], -_ratio_key(c_relief[sel] / np.maximum(mv_c[sel], MV_FLOOR)), c_acc[sel]))]
     _, first = np.unique(c_acc[order], return_index=True)
     best_cls = np.full(engine.n_acc, -1, np.int64)
     best_cls[c_acc[order[first]]] = cc[order[first]]
@@ -608,13 +621,12 @@ class RegTEngine:
     """
 
     def __init__(self, pos: pd.DataFrame, accounts: np.ndarray, account: np.ndarray) -> None:
-        from ._regt import REQUIRED_COLUMNS  # noqa: PLC0415
+        from ._regt import REQUIRED_COLUMNS, prepare_legs  # noqa: PLC0415
 
         self.accounts, self.account = accounts, account.astype(np.int64)
         self.n_acc = len(accounts)
         self.base = pos.loc[:, list(REQUIRED_COLUMNS)].reset_index(drop=True)
-        self.pid = self.base["position_id"].astype(str).to_numpy(object)
-        self.pid_arrow = pa.array(self.pid, type=pa.string())
+        self.legs = prepare_legs(self.base)  # strings coded once; every rerun takes rows of it
         comp = _components(self.base["underlying"].to_numpy(object), self.base["tracks"].to_numpy(object))
         self.ck = pd.MultiIndex.from_arrays([self.account, comp]).factorize()[0].astype(np.int64)
         self.cls_h = pd.MultiIndex.from_arrays([self.account, self.base["underlying"].to_numpy(object)]) \
@@ -631,20 +643,10 @@ class RegTEngine:
 
     def _run(self, idx: np.ndarray, qty: np.ndarray, key: np.ndarray, n_keys: int) -> np.ndarray:
         """Maintenance requirement per key of the rows ``idx`` of ``base`` holding ``qty``, ``(n_keys,)``."""
-        from ._regt import regt_requirements  # noqa: PLC0415
+        from ._regt import maintenance_by_account, subset_legs  # noqa: PLC0415
 
-        out = np.zeros(n_keys)
-        keep = qty != 0.0
-        idx, qty, key = idx[keep], qty[keep], key[keep]
-        if idx.size == 0:
-            return out
-        ks = pa.array(key).cast(pa.string())  # pseudo-account ids; a position may be in several
-        pid = pc.binary_join_element_wise(self.pid_arrow.take(pa.array(idx)), ks, "\x00")
-        frame = self.base.iloc[idx].assign(quantity=qty, account_id=pd.array(ks, dtype=_STR_DTYPE),
-                                           position_id=pd.array(pid, dtype=_STR_DTYPE))
-        acc, _ = regt_requirements(frame, legs=False)
-        out[acc["account_id"].astype(np.int64).to_numpy()] = acc["regt_maintenance"].to_numpy(np.float64)
-        return out
+        keep = qty != 0.0  # a position may be under several keys (pseudo-accounts)
+        return maintenance_by_account(subset_legs(self.legs, idx[keep], qty[keep], key[keep], n_keys))
 
     def _note(self, q: np.ndarray) -> None:
         """Mark the components whose holdings differ from the cached state (all of them the first time)."""

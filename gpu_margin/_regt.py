@@ -97,12 +97,66 @@ def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd
     if legs.n == 0:
         acc, leg_frame = _empty_result()
         return acc, leg_frame if want_legs else None
+    parts, empty_pair_part = _pairing(legs)
+    standalone_empty = parts[-1][0].size == 0
+    return _output(legs, parts, object_ids=empty_pair_part or standalone_empty, object_strategy=empty_pair_part,
+                   want_legs=want_legs)
+
+
+def prepare_legs(positions: pd.DataFrame) -> SimpleNamespace:
+    """The positions prepared once for repeated :func:`maintenance_by_account` calls on parts of them.
+
+    Checks the columns and codes the strings as :func:`regt_requirements`
+    does; :func:`subset_legs` then takes rows of it with other quantities and
+    other accounts, with no string work.
+    """
+    return _prepare(positions)
+
+
+def subset_legs(base: SimpleNamespace, idx: np.ndarray, qty: np.ndarray, account: np.ndarray,
+                n_accounts: int) -> SimpleNamespace:
+    """Rows ``idx`` of prepared legs holding ``qty``, regrouped into accounts ``account`` (``0..n_accounts-1``).
+
+    A row may appear several times under different accounts (each a
+    pseudo-account: one account's holdings after some change). Legs keep their
+    ``position_id`` order within an account, so pairing ties break exactly as
+    in :func:`regt_requirements` on the same positions.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    legs = SimpleNamespace(n=int(idx.size), n_acc=int(n_accounts), n_und=base.n_und, n_mult=base.n_mult,
+                           acct=np.asarray(account, dtype=np.int64))
+    for name in _ROW_FIELDS:
+        setattr(legs, name, getattr(base, name)[idx])
+    _set_quantity(legs, np.asarray(qty, dtype=np.float64))
+    _set_order(legs, base.n)
+    return legs
+
+
+def maintenance_by_account(legs: SimpleNamespace) -> np.ndarray:
+    """Reg T maintenance requirement of every account of prepared legs, ``(n_acc,) float64``.
+
+    The same numbers as the ``regt_maintenance`` column of
+    :func:`regt_requirements` (same pairing, same summation order), without
+    building any frame: what liquidation plans rerun many times.
+    """
+    if legs.n == 0:
+        return np.zeros(legs.n_acc)
+    parts, _ = _pairing(legs)
+    leg, *_, rm = _sorted_rows(legs, parts)
+    return group_sum(legs.acct[leg], rm[:, None], legs.n_acc)[:, 0]
+
+
+def _pairing(legs: SimpleNamespace) -> tuple[list[tuple], bool]:
+    """The strategy passes, then the standalone remainder: the output row blocks, in (pass, order) order.
+
+    Also says whether a pass ranked candidates but formed none (which decides
+    the output dtypes of :func:`regt_requirements`).
+    """
     stand_i, stand_m = standalone_requirements(legs)
     rem = legs.absq.copy()
     absq = rem.copy()
-
-    parts = []  # (leg, partner, strategy code, paired_quantity, initial, maintenance), in (pass, order) order
-    empty_pair_part = False  # a pass ranked candidates but formed none (decides the output dtypes)
+    parts = []  # (leg, partner, strategy code, paired_quantity, initial, maintenance)
+    empty_pair_part = False
     for build in (_cover_edges, _spread_edges, _straddle_edges):
         edges = build(legs, rem)
         if edges is None:
@@ -116,12 +170,8 @@ def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd
             empty_pair_part = True
             continue
         parts.extend(_pair_parts(edges, t, q[t], legs.sign))
-
-    standalone = _standalone_parts(legs, rem, stand_i, stand_m)
-    standalone_empty = standalone[0].size == 0
-    parts.append(standalone)
-    return _output(legs, parts, object_ids=empty_pair_part or standalone_empty, object_strategy=empty_pair_part,
-                   want_legs=want_legs)
+    parts.append(_standalone_parts(legs, rem, stand_i, stand_m))
+    return parts, empty_pair_part
 
 
 def standalone_requirements(legs: SimpleNamespace) -> tuple[np.ndarray, np.ndarray]:
@@ -245,14 +295,9 @@ def _prepare(positions: pd.DataFrame) -> SimpleNamespace:
     name_rank = np.empty(n_acc, dtype=np.int64)
     name_rank[name_order] = np.arange(n_acc, dtype=np.int64)
     acct0 = name_rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)] if n else np.zeros(0, np.int64)
-    order = np.argsort(acct0 * n + pid_rank) if n else np.zeros(0, np.int64)
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n, dtype=np.int64)
 
-    legs = SimpleNamespace(n=n, n_acc=n_acc, rank=rank, acct=acct0)
-    per_acct = np.bincount(acct0, minlength=n_acc)
-    legs.pos = rank - (np.cumsum(per_acct) - per_acct)[acct0]  # place within its account
-    legs.n_pos = int(per_acct.max()) if n else 1
+    legs = SimpleNamespace(n=n, n_acc=n_acc, acct=acct0, pid_rank=pid_rank)
+    _set_order(legs, n)
     legs.acct_names = acct_names.take(pa.array(name_order))  # sorted account ids
     legs.pid = pid_arr
     legs.acct_ids = acct_arr
@@ -278,7 +323,7 @@ def _prepare(positions: pd.DataFrame) -> SimpleNamespace:
     bad = legs.option & np.isnan(pct)
     if bad.any():
         rows = np.flatnonzero(bad)
-        row = int(rows[np.argmin(rank[rows])])  # the first in (account, position_id) order
+        row = int(rows[np.argmin(legs.rank[rows])])  # the first in (account, position_id) order
         raise InputFileError(
             f"positions: 'product_group' must be one of {sorted(NAKED_PCT)} "
             f"(got {positions['product_group'].iloc[row]!r} for position {pid_arr[row].as_py()!r})"
@@ -300,12 +345,7 @@ def _prepare(positions: pd.DataFrame) -> SimpleNamespace:
     legs.mv_unit = legs.value * mult
     t = num("t")
     legs.long_rate = np.where(t > LONG_TERM_YEARS, LONG_OPTION_LONG_TERM, LONG_OPTION_SHORT_TERM)
-    quantity = positions["quantity"].to_numpy()
-    qf = np.asarray(quantity, dtype=np.float64)
-    legs.sign = np.sign(qf)
-    legs.long_ = quantity > 0
-    legs.short = quantity < 0
-    legs.absq = np.abs(qf)
+    _set_quantity(legs, positions["quantity"].to_numpy())
     expiry = positions["expiry"]
     if not (isinstance(expiry.dtype, np.dtype) and expiry.dtype.kind == "M"):
         expiry = pd.to_datetime(expiry)
@@ -315,7 +355,39 @@ def _prepare(positions: pd.DataFrame) -> SimpleNamespace:
     legs.exp_nat = np.isnat(exp)
     legs.exp = exp.view(np.int64)
     legs.mult_code = _codes(mult)
+    legs.n_mult = int(legs.mult_code.max()) + 1 if n else 1
     return legs
+
+
+#: Per-row fields of prepared legs that do not depend on the quantity held or the account.
+_ROW_FIELDS = (
+    "pid_rank", "und", "trk", "option", "stock", "future", "is_call", "spot", "strike", "mult", "naked_unit",
+    "value", "mv_unit", "long_rate", "exp_nat", "exp", "mult_code",
+)  # fmt: skip
+
+
+def _set_quantity(legs: SimpleNamespace, quantity: np.ndarray) -> None:
+    """The per-row fields that follow from the signed quantity held."""
+    qf = np.asarray(quantity, dtype=np.float64)
+    legs.sign = np.sign(qf)
+    legs.long_ = quantity > 0
+    legs.short = quantity < 0
+    legs.absq = np.abs(qf)
+
+
+def _set_order(legs: SimpleNamespace, pid_bound: int) -> None:
+    """``rank`` (each row's place in (account, position_id) order), ``pos`` (its place in its account), ``n_pos``.
+
+    ``legs.pid_rank`` orders the rows by ``position_id``; its values are below ``pid_bound``.
+    """
+    n, acct = legs.n, legs.acct
+    order = np.argsort(acct * max(pid_bound, 1) + legs.pid_rank) if n else np.zeros(0, np.int64)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+    legs.rank = rank
+    per_acct = np.bincount(acct, minlength=legs.n_acc)
+    legs.pos = rank - (np.cumsum(per_acct) - per_acct)[acct]  # place within its account
+    legs.n_pos = int(per_acct.max()) if n else 1
 
 
 def _as_str(series: pd.Series) -> pd.Series:
@@ -546,7 +618,7 @@ def _spread_edges(legs: SimpleNamespace, rem: np.ndarray) -> SimpleNamespace | N
     if a.size == 0 or b.size == 0:
         return None
     key = _key((legs.acct, legs.n_acc), (legs.und, legs.n_und), (legs.is_call.astype(np.int64), 2),
-               (legs.mult_code, legs.n))  # fmt: skip
+               (legs.mult_code, legs.n_mult))  # fmt: skip
     i, j = _join(key[a], key[b])
     ia, ib = a[i], b[j]
     ok = (legs.exp[ib] >= legs.exp[ia]) & ~legs.exp_nat[ia] & ~legs.exp_nat[ib]
@@ -575,7 +647,7 @@ def _straddle_edges(legs: SimpleNamespace, rem: np.ndarray) -> SimpleNamespace |
     if a.size == 0 or b.size == 0:
         return None
     exp_code = _codes(legs.exp)
-    key = _key((legs.acct, legs.n_acc), (legs.und, legs.n_und), (exp_code, legs.n), (legs.mult_code, legs.n))
+    key = _key((legs.acct, legs.n_acc), (legs.und, legs.n_und), (exp_code, legs.n), (legs.mult_code, legs.n_mult))
     i, j = _join(key[a], key[b])
     if i.size == 0:
         return None
@@ -658,6 +730,18 @@ def _output(
     ``object_*`` flags give the column dtypes the frames have always had when a
     block was empty (``object`` instead of ``str``).
     """
+    leg, partner, strat, pq, ri, rm = _sorted_rows(legs, parts)
+    leg_frame = _leg_frame(legs, leg, partner, strat, pq, ri, rm, object_ids, object_strategy) if want_legs else None
+    sums = group_sum(legs.acct[leg], np.column_stack([ri, rm]), legs.n_acc)
+    accounts = pd.DataFrame({
+        "account_id": _str_column(legs.acct_names, False),
+        "regt_initial": sums[:, 0], "regt_maintenance": sums[:, 1],
+    })  # fmt: skip
+    return accounts, leg_frame
+
+
+def _sorted_rows(legs: SimpleNamespace, parts: list[tuple]) -> tuple[np.ndarray, ...]:
+    """The row blocks concatenated and sorted by (account, position_id, pass, order)."""
     leg, partner, strat, pq, ri, rm = (np.concatenate(c) for c in zip(*parts))
     n_rows = leg.shape[0]
     rank = legs.rank[leg]
@@ -665,20 +749,42 @@ def _output(
         o = np.argsort(rank * n_rows + np.arange(n_rows, dtype=np.int64))
     else:
         o = np.argsort(rank, kind="stable")
-    leg, partner, strat, pq, ri, rm = leg[o], partner[o], strat[o], pq[o], ri[o], rm[o]
-    leg_frame = _leg_frame(legs, leg, partner, strat, pq, ri, rm, object_ids, object_strategy) if want_legs else None
+    return leg[o], partner[o], strat[o], pq[o], ri[o], rm[o]
 
-    # per account: pandas' (compensated) group sum over the rows in output order
-    # (one 2-D block is quicker for few rows, one block per column for many)
-    values = pd.DataFrame(np.column_stack([ri, rm]) if n_rows < 4096 else {0: ri, 1: rm})
-    grouped = values.groupby(legs.acct[leg]).sum()
-    sums = np.zeros((legs.n_acc, 2), dtype=np.float64)
-    sums[grouped.index.to_numpy(dtype=np.int64)] = grouped.to_numpy(dtype=np.float64)
-    accounts = pd.DataFrame({
-        "account_id": _str_column(legs.acct_names, False),
-        "regt_initial": sums[:, 0], "regt_maintenance": sums[:, 1],
-    })  # fmt: skip
-    return accounts, leg_frame
+
+def group_sum(labels: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group sums of the columns of ``values`` ``(n, k)``, rows added in order, ``(n_groups, k)``.
+
+    Compensated (Kahan) summation that skips NaN (an all-NaN group sums to
+    0), in one compiled loop that holds no interpreter lock. The Reg T totals
+    and the liquidation engine's reruns both sum this way, so an account's
+    requirement is the same number wherever it is computed.
+    """
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    out = np.zeros((int(n_groups), values.shape[1]), dtype=np.float64)
+    if values.shape[0]:
+        _group_sum_loop()(np.asarray(labels, dtype=np.int64), values, out, np.zeros_like(out))
+    return out
+
+
+def _group_sum_py(labels, values, out, comp):  # noqa: ANN001, ANN202  (compiled by Numba)
+    for i in range(values.shape[0]):
+        g = labels[i]
+        for j in range(values.shape[1]):
+            v = values[i, j]
+            if v == v:  # pandas skips NaN
+                y = v - comp[g, j]
+                t = out[g, j] + y
+                c = t - out[g, j] - y
+                comp[g, j] = 0.0 if c != c else c  # an infinite value: keep the sum infinite, not NaN
+                out[g, j] = t
+
+
+@functools.lru_cache(maxsize=1)
+def _group_sum_loop():
+    import numba  # noqa: PLC0415
+
+    return numba.njit(cache=True, nogil=True)(_group_sum_py)
 
 
 def _leg_frame(legs: SimpleNamespace, leg: np.ndarray, partner: np.ndarray, strat: np.ndarray, pq: np.ndarray,

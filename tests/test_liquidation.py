@@ -481,3 +481,18 @@ def test_grid_engine_on_the_strict_array_api_namespace(meth):
     pd.testing.assert_frame_equal(got.drop(columns=["requirement_after", "deficit_after"]),
                                   want.drop(columns=["requirement_after", "deficit_after"]))
     np.testing.assert_allclose(got["requirement_after"], want["requirement_after"], rtol=1e-12, atol=1e-9)
+
+
+def test_relief_per_dollar_ties_within_rounding_noise():
+    """Ratios equal but for summation noise rank as ties (the position id decides), and the key keeps
+    the order of ratios that really differ."""
+    from gpu_margin._liquidation import _ratio_key
+
+    r = 0.25
+    noisy = np.array([r, np.nextafter(r, 1.0), np.nextafter(r, 0.0), r * (1 + 4e-16), r * (1 - 4e-16)])
+    assert np.unique(_ratio_key(noisy)).size == 1
+    rng = np.random.default_rng(5)
+    x = rng.uniform(1e-6, 1e6, 10_000)
+    apart = x * (1 + 1e-7)  # a real difference: the key must keep the order
+    assert np.all(_ratio_key(apart) > _ratio_key(x))
+    assert np.all(np.abs(_ratio_key(x) / x - 1) <= 2.0**-30)

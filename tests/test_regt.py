@@ -449,3 +449,80 @@ def test_greedy_match_equals_sequential_reference(data):
     got = greedy_match(ia, ib, rb, integral, got_rem, rem.copy())
     np.testing.assert_allclose(got, want)
     np.testing.assert_allclose(got_rem, want_rem, atol=1e-9)
+
+
+def kahan_reference(labels, values, n_groups):
+    """Plain-Python compensated sum per group, rows in order, NaN skipped."""
+    out = np.zeros((n_groups, values.shape[1]))
+    comp = np.zeros_like(out)
+    with np.errstate(invalid="ignore"):  # inf - inf in the compensation, as in the compiled loop
+        _kahan_rows(labels, values, out, comp)
+    return out
+
+
+def _kahan_rows(labels, values, out, comp):
+    for i, g in enumerate(labels):
+        for j, v in enumerate(values[i]):
+            if np.isnan(v):
+                continue
+            y = v - comp[g, j]
+            t = out[g, j] + y
+            c = t - out[g, j] - y
+            comp[g, j] = 0.0 if np.isnan(c) else c
+            out[g, j] = t
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_group_sum_is_the_compensated_sum_in_row_order(seed):
+    from gpu_margin._regt import group_sum
+
+    rng = np.random.default_rng(seed)
+    n, g = 400, 23
+    labels = rng.integers(0, g, n)
+    values = rng.standard_normal((n, 2)) * 10.0 ** rng.integers(-3, 12, (n, 2))
+    values[rng.random((n, 2)) < 0.05] = np.nan
+    if seed % 2:
+        values[rng.random((n, 2)) < 0.02] = np.inf
+    np.testing.assert_array_equal(group_sum(labels, values, g), kahan_reference(labels, values, g))
+
+
+def test_group_sum_compensates():
+    from gpu_margin._regt import group_sum
+
+    tenths = np.full((10, 1), 0.1)
+    assert sum(tenths[:, 0].tolist()) != 1.0  # plain summation drifts
+    assert group_sum(np.zeros(10, np.int64), tenths, 1)[0, 0] == 1.0
+    assert group_sum(np.zeros(0, np.int64), np.zeros((0, 2)), 3).tolist() == [[0.0, 0.0]] * 3
+
+
+@PROPS
+@given(books(), st.randoms(use_true_random=False))
+def test_subset_legs_equal_a_fresh_pairing_of_the_pseudo_accounts(df, rnd):
+    """What the liquidation engine reruns: rows of prepared legs under new accounts and quantities
+    give the maintenance requirement of the same positions passed through regt_requirements."""
+    from gpu_margin._regt import maintenance_by_account, prepare_legs, subset_legs
+
+    base = prepare_legs(df)
+    n_keys = rnd.randint(1, 4)
+    idx, key, qty = [], [], []
+    for k in range(n_keys):
+        rows = sorted(rnd.sample(range(len(df)), rnd.randint(1, len(df))))
+        idx += rows
+        key += [k] * len(rows)
+        qty += [df["quantity"].iloc[r] * rnd.choice([1.0, 0.5, 2.0, -1.0]) for r in rows]
+    idx, key, qty = np.array(idx), np.array(key), np.array(qty)
+    legs = subset_legs(base, idx, qty, key, n_keys + 1)  # the last key holds nothing
+    got = maintenance_by_account(legs)
+    pids = df["position_id"].to_numpy(object)[idx]
+    for k in range(n_keys):  # legs keep position_id order within each pseudo-account
+        mine = np.flatnonzero(key == k)
+        assert list(pids[mine][np.argsort(legs.pos[mine])]) == sorted(pids[mine])
+        assert sorted(legs.pos[mine]) == list(range(mine.size))
+
+    sub = df.iloc[idx].reset_index(drop=True)
+    sub = sub.assign(account_id=[f"k{k}" for k in key], quantity=qty,
+                     position_id=[f"{p}\x00{k}" for p, k in zip(sub["position_id"], key)])
+    want, _ = regt_requirements(sub)
+    expect = np.zeros(n_keys + 1)
+    expect[[int(a[1:]) for a in want["account_id"]]] = want["regt_maintenance"].to_numpy()
+    np.testing.assert_array_equal(got, expect)
