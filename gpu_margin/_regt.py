@@ -69,6 +69,7 @@ STRATEGIES = (
     "future", "long_stock", "short_stock", "long_option", "naked_call", "naked_put",
 )  # fmt: skip
 _S = {name: code for code, name in enumerate(STRATEGIES)}
+_STRATEGY_RANK = np.argsort(np.argsort(np.array(STRATEGIES)))  # code -> place in alphabetical order
 
 #: The dtype pandas gives a column of Python strings (``str`` with pandas 3, ``object`` before).
 _STR_DTYPE = pd.Series(np.array(["x"], dtype=object)).dtype
@@ -723,11 +724,9 @@ def _standalone_parts(
 def _output(
     legs: SimpleNamespace, parts: list[tuple], *, object_ids: bool, object_strategy: bool, want_legs: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Sort the row blocks by (account, position_id, pass, order) and build the two frames.
+    """Sort the row blocks (see :func:`_sorted_rows`) and build the two frames.
 
-    ``parts`` arrive in (pass, order) order and a leg appears on one side of a
-    pass only, so sorting on (the leg's rank, the row's place) gives that order. The
-    ``object_*`` flags give the column dtypes the frames have always had when a
+    The ``object_*`` flags give the column dtypes the frames have always had when a
     block was empty (``object`` instead of ``str``).
     """
     leg, partner, strat, pq, ri, rm = _sorted_rows(legs, parts)
@@ -741,14 +740,23 @@ def _output(
 
 
 def _sorted_rows(legs: SimpleNamespace, parts: list[tuple]) -> tuple[np.ndarray, ...]:
-    """The row blocks concatenated and sorted by (account, position_id, pass, order)."""
+    """The row blocks concatenated and sorted by (account, position_id, strategy, paired_with).
+
+    That is the order of the ``regt_legs`` output (strategy names
+    alphabetically, the partner's ``position_id``, no partner last), so the
+    frame needs no string sort later; an account's requirement is summed over
+    its rows in this order. The key is unique: a leg has one row per strategy
+    and partner.
+    """
     leg, partner, strat, pq, ri, rm = (np.concatenate(c) for c in zip(*parts))
-    n_rows = leg.shape[0]
     rank = legs.rank[leg]
-    if legs.n * n_rows < _KEY_LIMIT:
-        o = np.argsort(rank * n_rows + np.arange(n_rows, dtype=np.int64))
+    n = legs.n + 1
+    partner_rank = np.where(partner >= 0, legs.pid_rank[np.maximum(partner, 0)], legs.n)
+    strat_rank = _STRATEGY_RANK[strat]
+    if legs.n * len(STRATEGIES) * n < _KEY_LIMIT:
+        o = np.argsort((rank * len(STRATEGIES) + strat_rank) * n + partner_rank)
     else:
-        o = np.argsort(rank, kind="stable")
+        o = np.lexsort((partner_rank, strat_rank, rank))
     return leg[o], partner[o], strat[o], pq[o], ri[o], rm[o]
 
 

@@ -86,8 +86,9 @@ def regt_requirements(positions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFra
 
     parts.append(_standalone_parts(legs, rem, stand_i, stand_m, pass_no=3))
     leg_frame = pd.concat(parts, ignore_index=True)
+    # the order of the regt_legs output (the package sorts the legs of a position the same way)
     leg_frame = leg_frame.sort_values(
-        ["account_id", "position_id", "_pass", "_order"], kind="mergesort"
+        ["account_id", "position_id", "strategy", "paired_with"], kind="mergesort", na_position="last"
     ).reset_index(drop=True)[LEG_COLUMNS]
 
     accounts = (
