@@ -120,7 +120,13 @@ def margin_frames(
     acc_i = acc.drop_duplicates("account_id").set_index("account_id")
     cash = acc_i["cash"].reindex(all_ids).fillna(0.0)
     atype = acc_i["account_type"].reindex(all_ids).fillna("portfolio")
-    nlv = cash + p.groupby("account_id")["market_value"].sum().reindex(all_ids).fillna(0.0)
+    # per book account (positions are sorted by account: sums of runs), then on every reported account
+    held = pd.Index(book.accounts).get_indexer(all_ids)
+    acc_code = p["_acc"].to_numpy()
+    acc_runs = np.flatnonzero(np.r_[True, acc_code[1:] != acc_code[:-1]]) if len(p) else np.zeros(0, np.int64)
+    mv_acc = np.add.reduceat(p["market_value"].to_numpy(np.float64), acc_runs) if len(p) else np.zeros(0)
+    n_pos = np.diff(np.r_[acc_runs, len(p)])
+    nlv = cash + np.where(held >= 0, mv_acc[np.maximum(held, 0)] if len(p) else 0.0, 0.0)
 
     out: dict[str, pd.DataFrame] = {}
     if meth.kind == "grid":
@@ -156,7 +162,7 @@ def margin_frames(
     res_acc["requirement"] = np.where(atype == "regt", res_acc["regt_maintenance"], res_acc["pm_requirement"])
     res_acc["excess"] = res_acc["nlv"] - res_acc["requirement"]
     res_acc["worst_scenario"] = pm["worst_scenario"].astype(object) if "worst_scenario" in pm else None
-    res_acc["n_positions"] = p.groupby("account_id").size().reindex(all_ids).fillna(0).astype(np.int64)
+    res_acc["n_positions"] = np.where(held >= 0, n_pos[np.maximum(held, 0)] if len(p) else 0, 0).astype(np.int64)
     res_acc["n_rejected"] = n_rej
     res_acc["has_rejects"] = n_rej > 0
     out["accounts"] = res_acc.reset_index()

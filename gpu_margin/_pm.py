@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._backend import Backend
 from ._methodology import Methodology
@@ -50,64 +52,95 @@ def kind_array(pos: pd.DataFrame) -> np.ndarray:
     return pos["kind"].to_numpy(dtype=object).astype(str)
 
 
-def _codes(s: pd.Series, sort: bool = True) -> np.ndarray:
-    return pd.factorize(s, sort=sort)[0].astype(np.int64)
+def _arrow(s: pd.Series) -> pa.Array:
+    """A column as one Arrow array (zero-copy for Arrow-backed columns)."""
+    arr = pa.array(s, from_pandas=True)
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
 
 
-def _runs(*keys: np.ndarray) -> np.ndarray:
-    """Run ids (0, 1, 2, ...) of sorted key columns: a new id wherever any key changes."""
-    n = keys[0].shape[0]
-    change = np.zeros(n, dtype=bool)
-    if n:
-        change[0] = True
-        for k in keys:
-            change[1:] |= k[1:] != k[:-1]
+def _run_starts(col: pa.Array) -> np.ndarray:
+    """Where each run of equal values of a sorted column starts: ``(n,) bool`` (row 0 starts one)."""
+    n = len(col)
+    new = np.ones(n, dtype=bool)
+    if n > 1:
+        same = pc.equal(col.slice(1), col.slice(0, n - 1))
+        both_null = pc.and_(pc.is_null(col.slice(1)), pc.is_null(col.slice(0, n - 1)))
+        new[1:] = ~pc.or_(pc.fill_null(same, False), both_null).to_numpy(zero_copy_only=False)
+    return new
+
+
+def _runs(*starts: np.ndarray) -> np.ndarray:
+    """Run ids (0, 1, 2, ...) of sorted rows: a new id wherever any of the keys starts a new run."""
+    change = np.logical_or.reduce(starts) if starts[0].size else np.zeros(0, dtype=bool)
     return np.cumsum(change) - 1
+
+
+def _contract_codes(columns: list[np.ndarray]) -> np.ndarray:
+    """Codes of the distinct rows of ``columns`` (equal in every column), in first-appearance order.
+
+    Per-column hash codes are packed into one ``int64`` while the product of
+    the columns' cardinalities fits, and re-coded only when it would not.
+    """
+    n = columns[0].shape[0]
+    key = np.zeros(n, dtype=np.int64)
+    card = 1
+    for col in columns:
+        codes, uniques = pd.factorize(col, use_na_sentinel=False)
+        k = len(uniques) + 1
+        if card * k >= 1 << 62:
+            key = pd.factorize(key)[0].astype(np.int64)
+            card = int(key.max()) + 1 if n else 1
+        key = key * k + codes
+        card *= k
+    return pd.factorize(key)[0].astype(np.int64)
 
 
 def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
     """Sort and index validated positions (SPEC 3 columns as produced by validation).
 
     Positions are ordered by account, product group, underlying and position id
-    (integer codes and one ``lexsort``, no string sorts); classes and groups are
-    runs of that order; option contracts are deduplicated on their pricing
-    inputs.
+    (one Arrow sort on the four string columns); classes and groups are runs of
+    that order; option contracts are deduplicated on their pricing inputs.
     """
-    acc, pg, und, pid = (_codes(pos[c]) for c in ("account_id", "product_group", "underlying", "position_id"))
-    order = np.lexsort((pid, und, pg, acc))
+    n = len(pos)
+    key_cols = ("account_id", "product_group", "underlying", "position_id")
+    keys = pa.table({c: _arrow(pos[c]) for c in key_cols})
+    order = pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in key_cols]).to_numpy() if n \
+        else np.zeros(0, np.int64)
     pos = pos.take(order).reset_index(drop=True)
-    acc, pg, und = acc[order], pg[order], und[order]
-    cls_codes = _runs(acc, pg, und)
-    grp_codes = _runs(acc, pg)
-    first_cls = np.flatnonzero(np.r_[True, np.diff(cls_codes) != 0]) if len(pos) else np.zeros(0, np.int64)
-    first_grp = np.flatnonzero(np.r_[True, np.diff(grp_codes) != 0]) if len(pos) else np.zeros(0, np.int64)
+    skeys = keys.take(pa.array(order))
+    acc_new, pg_new, und_new = (_run_starts(skeys.column(c).combine_chunks()) for c in key_cols[:3])
+    cls_codes = _runs(acc_new, pg_new, und_new)
+    grp_codes = _runs(acc_new, pg_new)
+    first_cls = np.flatnonzero(acc_new | pg_new | und_new)
+    first_grp = np.flatnonzero(acc_new | pg_new)
     classes = pos.loc[first_cls, ["account_id", "product_group", "underlying"]].reset_index(drop=True)
     groups = pos.loc[first_grp, ["account_id", "product_group"]].reset_index(drop=True)
-    accounts = pos["account_id"].to_numpy(dtype=object)[
-        np.flatnonzero(np.r_[True, np.diff(acc) != 0])] if len(pos) else np.zeros(0, dtype=object)
-    kind_code = pd.Index(_KINDS).get_indexer(pos["kind"]).astype(np.int8)  # validated: one of the three
+    accounts = skeys.column("account_id").take(pa.array(np.flatnonzero(acc_new))).to_numpy().astype(object)
+    # validated: every kind is one of the three
+    kind_code = pc.index_in(_arrow(pos["kind"]), value_set=pa.array(_KINDS)).to_numpy(zero_copy_only=False)
+    kind_code = kind_code.astype(np.int8)
     is_opt = kind_code == 1
-    und_index = pd.Index(und_names)
-    opt = pos.loc[is_opt, CONTRACT_KEY]
-    # distinct contracts: combine per-column hash codes (first-appearance order: deterministic)
-    ccodes = np.zeros(len(opt), dtype=np.int64)
-    for col in CONTRACT_KEY:
-        col_codes, uniques = pd.factorize(opt[col])
-        ccodes = pd.factorize(ccodes * (len(uniques) + 1) + col_codes)[0]
-    first = pd.Series(np.arange(len(opt))).groupby(ccodes, sort=True).first().to_numpy() if len(opt) \
-        else np.zeros(0, np.int64)
-    contract_idx = np.full(len(pos), -1, dtype=np.int64)
-    contract_idx[is_opt] = ccodes
-    contracts = opt.iloc[first].reset_index(drop=True)
+    und = pc.index_in(skeys.column("underlying"), value_set=pa.array(np.asarray(und_names, dtype=object),
+                                                                      type=pa.string()))
+    und = pc.fill_null(und, -1).to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
+    # distinct contracts on their pricing inputs (the underlying by its code)
+    opt_rows = np.flatnonzero(is_opt)
+    ccodes = _contract_codes([und[opt_rows]] + [pos[c].to_numpy()[opt_rows] for c in CONTRACT_KEY[1:]])
+    first = np.zeros(int(ccodes.max()) + 1 if ccodes.size else 0, np.int64)  # each contract's first row
+    first[ccodes[::-1]] = np.arange(ccodes.size - 1, -1, -1)
+    contract_idx = np.full(n, -1, dtype=np.int64)
+    contract_idx[opt_rows] = ccodes
+    contracts = pos.loc[opt_rows[first], CONTRACT_KEY].reset_index(drop=True)
     pos = pos.assign(
-        _acc=_runs(acc).astype(np.int64),
+        _acc=_runs(acc_new).astype(np.int64),
         _cls=cls_codes.astype(np.int64),
         _grp=grp_codes.astype(np.int64),
         _con=contract_idx,
         _kind=kind_code,
-        _und=und_index.get_indexer(pos["underlying"]).astype(np.int64),
+        _und=und,
     )
-    contracts = contracts.assign(_und=und_index.get_indexer(contracts["underlying"]).astype(np.int64))
+    contracts = contracts.assign(_und=und[opt_rows[first]])
     return Book(pos, np.asarray(accounts, dtype=object), classes, groups, contracts, und_names)
 
 
@@ -201,54 +234,61 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
     pnl = position_pnl(book, table, v0, v, backend)
     p = book.pos
     n_cls, n_grp = len(book.classes), len(book.groups)
-    cls_ids = backend.asarray(p["_cls"].to_numpy(np.int64))
+    cls_h = p["_cls"].to_numpy(np.int64)
+    cls_first = np.flatnonzero(np.r_[True, cls_h[1:] != cls_h[:-1]]) if cls_h.size else np.zeros(0, np.int64)
+    cls_ids = backend.asarray(cls_h)
     class_pnl = segment_sum(pnl, cls_ids, n_cls)  # (n_cls, m)
-    cls_und = backend.asarray(pd.Index(book.und_names).get_indexer(book.classes["underlying"]).astype(np.int64))
-    valid = xp.take(backend.asarray(table.valid), cls_und, axis=0)
+    cls_und_h = p["_und"].to_numpy(np.int64)[cls_first]
+    valid = xp.take(backend.asarray(table.valid), backend.asarray(cls_und_h), axis=0)
     class_risk, class_worst = _masked_worst(xp, -class_pnl, valid)
+    # the methodology's parameters by class (the few distinct product groups looked up once)
+    pg_code, pg_names = pd.factorize(book.classes["product_group"])
+
+    def per_class(key: str) -> np.ndarray:
+        return np.array([float(getattr(meth.group(g), key)) for g in pg_names], dtype=np.float64)[pg_code]
 
     # product-group offsets at each scenario: losses in full, profits at the group's offset
-    cls_grp = book.classes.groupby(["account_id", "product_group"], sort=True).ngroup().to_numpy(np.int64)
-    offset = _per_group(meth, book.classes["product_group"], "offset")
-    offset_d = backend.asarray(offset)[:, None]
+    cls_grp = p["_grp"].to_numpy(np.int64)[cls_first]
+    offset_d = backend.asarray(per_class("offset"))[:, None]
     combined = xp.minimum(class_pnl, 0.0) + offset_d * xp.maximum(class_pnl, 0.0)
     cls_grp_d = backend.asarray(cls_grp)
     group_pnl = segment_sum(combined, cls_grp_d, n_grp)
-    first_cls = np.unique(cls_grp, return_index=True)[1]
-    grp_valid = xp.take(valid, backend.asarray(first_cls.astype(np.int64)), axis=0)
+    grp_first_cls = np.flatnonzero(np.r_[True, cls_grp[1:] != cls_grp[:-1]]) if n_cls else np.zeros(0, np.int64)
+    grp_valid = xp.take(valid, backend.asarray(grp_first_cls), axis=0)
     group_risk, group_worst = _masked_worst(xp, -group_pnl, grp_valid)
 
     # minimums: per option/future contract, long options capped at market value
-    kind = kind_array(p)
+    kind = p["_kind"].to_numpy()
+    is_stock, is_opt = kind == _KIND_CODE["stock"], kind == _KIND_CODE["option"]
     qty = p["quantity"].to_numpy(np.float64)
     mult = p["multiplier"].to_numpy(np.float64)
-    minc = _per_group(meth, p["product_group"], "min_charge_per_contract")
-    mins = np.where(kind != "stock", minc * mult * np.abs(qty), 0.0)
-    long_opt = (kind == "option") & (qty > 0)
+    minc = per_class("min_charge_per_contract")[cls_h]
+    mins = np.where(~is_stock, minc * mult * np.abs(qty), 0.0)
+    long_opt = is_opt & (qty > 0)
     mins = np.where(long_opt, np.minimum(mins, np.abs(p["market_value"].to_numpy(np.float64))), mins)
     class_min = segment_sum(backend.asarray(mins)[:, None], cls_ids, n_cls)[:, 0]
     group_min = segment_sum(class_min[:, None], cls_grp_d, n_grp)[:, 0]
     group_req = xp.maximum(group_risk, group_min)
 
     # add-ons per class
-    opt_size = np.where(kind == "option", qty * mult, 0.0)
+    opt_size = np.where(is_opt, qty * mult, 0.0)
     short = segment_sum(backend.asarray(np.where(opt_size < 0, -opt_size, 0.0))[:, None], cls_ids, n_cls)[:, 0]
     long_ = segment_sum(backend.asarray(np.where(opt_size > 0, opt_size, 0.0))[:, None], cls_ids, n_cls)[:, 0]
-    spot_cls = backend.asarray(p.groupby("_cls", sort=True)["spot"].first().to_numpy(np.float64))
-    rate_cls = backend.asarray(_per_group(meth, book.classes["product_group"], "contingency_rate"))
+    spot_cls = backend.asarray(p["spot"].to_numpy(np.float64)[cls_first])
+    rate_cls = backend.asarray(per_class("contingency_rate"))
     contingency = rate_cls * xp.maximum(short - long_, 0.0) * spot_cls
 
-    thr = _per_group(meth, book.classes["product_group"], "concentration_threshold")
+    thr = per_class("concentration_threshold")
     concentration = xp.zeros((n_cls,), dtype=xp.float64)
     pnl_w, wide = None, None
+    cls_acc = p["_acc"].to_numpy(np.int64)[cls_first]
     if np.any(thr > 0):
         wide = grid_table(market, meth, wide=True)
         v0w, vw = option_values(book, wide, backend)
         pnl_w = position_pnl(book, wide, v0w, vw, backend)
         cls_pnl_w = segment_sum(pnl_w, cls_ids, n_cls)
-        valid_w = xp.take(backend.asarray(wide.valid), cls_und, axis=0)
+        valid_w = xp.take(backend.asarray(wide.valid), backend.asarray(cls_und_h), axis=0)
         risk_w, _ = _masked_worst(xp, -cls_pnl_w, valid_w)
-        cls_acc = pd.Index(book.accounts).get_indexer(book.classes["account_id"])
         nlv_cls = backend.asarray(nlv.reindex(book.accounts).fillna(0.0).to_numpy(np.float64)[cls_acc])
         hit = (backend.asarray(thr) > 0.0) & (class_risk > backend.asarray(thr) * xp.maximum(nlv_cls, 0.0))
         concentration = xp.where(hit, xp.maximum(risk_w - class_risk, 0.0), 0.0)
@@ -258,7 +298,6 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
         class_risk=class_risk, class_worst=class_worst, class_min=class_min, contingency=contingency,
         concentration=concentration, group_risk=group_risk, group_worst=group_worst, group_min=group_min,
         group_req=group_req).items()}
-    cls_und_h = pd.Index(book.und_names).get_indexer(book.classes["underlying"])
     classes = book.classes.assign(
         class_risk=h["class_risk"],
         worst_scenario=table.labels[cls_und_h, h["class_worst"]],
@@ -267,29 +306,41 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
         minimum=h["class_min"],
         contingency=h["contingency"],
         concentration=h["concentration"],
-        n_positions=np.bincount(p["_cls"].to_numpy(), minlength=n_cls),
+        n_positions=np.bincount(cls_h, minlength=n_cls),
+        group_risk=h["group_risk"][cls_grp],
+        group_requirement=h["group_req"][cls_grp],
     )
-    grp_first_und = cls_und_h[first_cls]
-    groups = book.groups.assign(
-        group_risk=h["group_risk"], group_minimum=h["group_min"], group_requirement=h["group_req"],
-        group_worst=table.labels[grp_first_und, h["group_worst"]],
-    )
-    classes = classes.merge(groups[["account_id", "product_group", "group_risk", "group_requirement"]],
-                            on=["account_id", "product_group"], how="left")
-    # account roll-up
-    g = groups.groupby("account_id", sort=True)
-    idx_max = groups.sort_values(["account_id", "group_requirement"], ascending=[True, False], kind="stable") \
-        .drop_duplicates("account_id").set_index("account_id")
-    cagg = classes.groupby("account_id", sort=True)[["contingency", "concentration"]].sum()
-    acc = pd.DataFrame({"account_id": book.accounts}).set_index("account_id")
-    acc["pm_scenario_risk"] = g["group_risk"].sum()
-    acc["pm_minimum_excess"] = g["group_requirement"].sum() - acc["pm_scenario_risk"]
-    acc["pm_contingency"] = cagg["contingency"]
-    acc["pm_concentration"] = cagg["concentration"]
-    acc["pm_requirement"] = g["group_requirement"].sum() + acc["pm_contingency"] + acc["pm_concentration"]
-    acc["worst_scenario"] = idx_max["product_group"] + ":" + idx_max["group_worst"].astype(str)
-    acc.loc[acc["pm_scenario_risk"] <= 0.0, "worst_scenario"] = None
-    return GridResult(acc.reset_index(), classes, table, pnl, pnl_w, wide)
+    grp_worst_label = table.labels[cls_und_h[grp_first_cls], h["group_worst"]]
+
+    # account roll-up: groups and classes are in account order
+    grp_acc = cls_acc[grp_first_cls]
+    n_acc = len(book.accounts)
+    risk = _sum_runs(h["group_risk"], grp_acc, n_acc)
+    greq = _sum_runs(h["group_req"], grp_acc, n_acc)
+    cont = _sum_runs(h["contingency"], cls_acc, n_acc)
+    conc = _sum_runs(h["concentration"], cls_acc, n_acc)
+    # the account's worst scenario: that of its group with the largest requirement (the first on ties)
+    top = np.lexsort((np.arange(n_grp), -h["group_req"], grp_acc))
+    top = top[np.r_[True, grp_acc[top][1:] != grp_acc[top][:-1]]] if n_grp else top
+    grp_pg = book.groups["product_group"].to_numpy(dtype=object)
+    worst = (grp_pg[top].astype(str) + ":" + grp_worst_label[top].astype(str)).astype(object)
+    acc = pd.DataFrame({
+        "account_id": book.accounts, "pm_scenario_risk": risk, "pm_minimum_excess": greq - risk,
+        "pm_contingency": cont, "pm_concentration": conc, "pm_requirement": greq + cont + conc,
+        "worst_scenario": np.where(risk > 0.0, worst, None),
+    })  # fmt: skip
+    return GridResult(acc, classes, table, pnl, pnl_w, wide)
+
+
+_KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
+
+
+def _sum_runs(values: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:
+    """Sums of ``values`` by ``ids`` (sorted ascending, every id in ``0..n-1`` present), ``(n,)``."""
+    if n == 0:
+        return np.zeros(0)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    return np.add.reduceat(values, starts)
 
 
 def scenario_pnl_by_account(book: Book, table: ScenarioTable, backend: Backend, block: int = 64) -> Any:
