@@ -91,7 +91,10 @@ def liquidation_plans(res: dict[str, Any], calls: pd.DataFrame, meth: Methodolog
         c = calls[calls["reason"] == reason]
         if c.empty:
             continue
-        rows = np.flatnonzero(pos["account_id"].isin(set(c["account_id"])).to_numpy())
+        called = np.zeros(len(book.accounts), dtype=bool)  # by the book's account codes (no string matching)
+        at = pd.Index(book.accounts).get_indexer(c["account_id"].to_numpy(object))
+        called[at[at >= 0]] = True
+        rows = np.flatnonzero(called[pos["_acc"].to_numpy()])
         if rows.size == 0:  # called for negative cash alone: nothing to close
             frames.append(_no_action_rows(c))
             continue
