@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._exceptions import InputFileError, JobError
 from ._io import conform_table, frame_to_table, to_frame
@@ -32,6 +34,7 @@ from ._schema import (
     DEFAULT_OPTION_MULTIPLIER,
     DEFAULT_OPTION_STYLE,
     DEFAULT_STOCK_MULTIPLIER,
+    KINDS,
     MARKET_COLUMNS,
     POSITION_COLUMNS,
     REJECT_CODE_NAMES,
@@ -40,6 +43,7 @@ from ._schema import (
     STYLES,
     VALID_COLUMN_NAMES,
     VALID_COLUMNS,
+    VOL_SOURCES,
 )
 
 # the latest expiry a datetime64[ns] holds, with margin
@@ -91,13 +95,65 @@ def _show_date(s: pd.Series) -> np.ndarray:
     return s.dt.strftime("%Y-%m-%d").astype(object).fillna("missing").to_numpy(dtype=object)
 
 
+def _arrow_text(s: pd.Series) -> pa.Array | pa.ChunkedArray:
+    """The strings of a text column as Arrow: no copy for the Arrow-backed ``str`` columns of the reader.
+
+    Chunked where the column is in pieces (e.g. after ``pd.concat``).
+    """
+    return pa.array(s.array)
+
+
+def _whole(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One Arrow array, for the arguments Arrow takes unchunked only (value sets, replacements)."""
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def _index_in(s: pd.Series, values: Any) -> np.ndarray:
+    """Position of each string of ``s`` in the distinct strings ``values``, -1 where missing or not there.
+
+    What ``pd.Index(values).get_indexer(s)`` gives (exact matches), found in
+    Arrow without making Python strings: a low-cardinality column (kind, right,
+    style, underlying) becomes small integer codes compared as NumPy arrays.
+    """
+    arr = _arrow_text(s)
+    found = pc.index_in(arr, value_set=_whole(pa.array(values, type=arr.type)))
+    return np.asarray(pc.fill_null(found, -1), dtype=np.int64)
+
+
+def _blank(s: pd.Series) -> np.ndarray:
+    """Missing or only whitespace: ``s.isna() | (s.str.strip() == "")`` as a bool array.
+
+    Trimmed by the Arrow kernel pandas itself uses for Arrow-backed strings,
+    without the pandas wrapping; its whitespace is Python's (every code point).
+    """
+    blank = pc.equal(pc.utf8_trim_whitespace(_arrow_text(s)), "")
+    return np.asarray(pc.fill_null(blank, True), dtype=bool)
+
+
+def _text_of_codes(values: Any, codes: np.ndarray) -> pd.Series:
+    """A ``str`` Series of ``values[code]`` for each code, missing where the code is -1."""
+    strings = pa.array(values, type=pa.large_string())
+    return pd.Series(pd.array(strings.take(pa.array(codes, mask=codes < 0)), dtype="str"))
+
+
+def _unique(s: pd.Series) -> bool:
+    """Whether the strings of ``s`` are all distinct (missing values are equal, as in ``duplicated``).
+
+    Strings in strictly increasing order are distinct: ids in a file written in
+    id order cost one comparison per row. Otherwise one hash pass in Arrow,
+    cheaper than ``duplicated``, which is left for the (rare) duplicates.
+    """
+    arr = _arrow_text(s)
+    if pc.all(pc.less(arr[:-1], arr[1:]), skip_nulls=False).as_py():  # None (not True) with a missing value
+        return True
+    return len(arr.unique()) == len(arr)
+
+
 def _is_text(dtype: Any) -> bool:
     return isinstance(dtype, pd.StringDtype)
 
 
 def _dtype_ok(s: pd.Series, arrow_type: Any) -> bool:
-    import pyarrow as pa  # noqa: PLC0415
-
     if arrow_type == pa.string():
         return _is_text(s.dtype)
     if arrow_type == pa.float64():
@@ -147,7 +203,7 @@ class _Rejector:
 
     def __init__(self, n: int) -> None:
         self.code = np.zeros(n, dtype=np.int16)  # 0 = valid, else 1 + index in REJECT_CODE_NAMES
-        self.message = np.full(n, "", dtype=object)
+        self.message = np.empty(n, dtype=object)  # set for every rejected row, None elsewhere
 
     @property
     def ok(self) -> np.ndarray:
@@ -224,17 +280,20 @@ def validate_positions(
     known = {c.name for c in POSITION_COLUMNS} | {"source", "row"}
     extras = [c for c in pos.columns if c not in known]
 
+    # the low-cardinality text columns as codes: positions in KINDS, RIGHTS, STYLES, market rows (-1: none)
     kind = pos["kind"]
-    is_opt = _bool(kind == "option")
-    is_fut = _bool(kind == "future")
-    is_stock = _bool(kind == "stock")
+    kind_code = _index_in(kind, KINDS)
+    is_opt = kind_code == KINDS.index("option")
+    is_fut = kind_code == KINDS.index("future")
+    is_stock = kind_code == KINDS.index("stock")
     dated = is_opt | is_fut
-    m_idx = pd.Index(mkt["underlying"]).get_indexer(pos["underlying"])
+    m_idx = _index_in(pos["underlying"], mkt["underlying"])
     m_ok = m_idx >= 0
     m_safe = np.where(m_ok, m_idx, 0)
 
     right = pos["right"]
-    is_call = _bool(right == "C") & is_opt
+    right_code = _index_in(right, RIGHTS)
+    is_call = (right_code == RIGHTS.index("C")) & is_opt
     strike = pos["strike"].to_numpy(dtype=np.float64)
     expiry = pos["expiry"].to_numpy().astype("datetime64[D]")
     has_expiry = ~np.isnat(expiry)
@@ -245,16 +304,17 @@ def validate_positions(
     mark = pos["mark"].to_numpy(dtype=np.float64)
     iv = pos["iv"].to_numpy(dtype=np.float64)
     style_given = pos["style"]
-    market_style = mkt["option_style"].take(m_safe).reset_index(drop=True)
-    style = style_given.where(style_given.notna(), market_style)
-    american = _bool(style == "A") & is_opt
+    style_missing = _bool(style_given.isna())
+    market_style_code = _index_in(mkt["option_style"], STYLES)  # all found: validate_market checked them
+    style_code = np.where(style_missing, market_style_code[m_safe], _index_in(style_given, STYLES))
+    american = (style_code == STYLES.index("A")) & is_opt
 
     with np.errstate(invalid="ignore"):
         r = _Rejector(n)
         acct = pos["account_id"]
         r.check(
             "account_missing",
-            _bool(acct.isna() | (acct.str.strip() == "")),
+            _blank(acct),
             lambda m: "account_id is missing or blank (got " + _show_text(acct[m]) + "); give every row an account",
         )
         und = pos["underlying"]
@@ -270,7 +330,7 @@ def validate_positions(
         )
         r.check(
             "bad_right",
-            is_opt & ~_bool(right.isin(RIGHTS)),
+            is_opt & (right_code < 0),
             lambda m: "right must be 'C' or 'P' for an option (got " + _show_text(right[m]) + ")",
         )
         strike_s = pos["strike"]
@@ -300,7 +360,7 @@ def validate_positions(
         )
         r.check(
             "bad_style",
-            is_opt & _bool(style_given.notna() & ~style_given.isin(STYLES)),
+            is_opt & ~style_missing & (style_code < 0),
             lambda m: "style must be 'A' or 'E' (got " + _show_text(style_given[m]) + ")",
         )
         mult_s = pos["multiplier"]
@@ -340,16 +400,16 @@ def validate_positions(
     vol_market = mkt["vol"].to_numpy(dtype=np.float64)[m_safe]
 
     vol = vol_market.copy()
-    vol_source = np.full(n, "market", dtype=object)
+    vol_source = np.full(n, VOL_SOURCES.index("market"), dtype=np.int8)  # a position in VOL_SOURCES
     use_iv = r.ok & iv_given
     vol[use_iv] = iv[use_iv]
-    vol_source[use_iv] = "iv"
+    vol_source[use_iv] = VOL_SOURCES.index("iv")
     solve = np.flatnonzero(r.ok & is_opt & ~iv_given & mark_given & (days > 0))
     if len(solve):
         solved, solved_ok = _implied(solve, mark, is_call, spot, strike, days, row_rate, q, american, m_idx)
         good = solve[solved_ok]
         vol[good] = solved[solved_ok]
-        vol_source[good] = "implied"
+        vol_source[good] = VOL_SOURCES.index("implied")
         failed = np.zeros(n, dtype=bool)
         failed[solve[~solved_ok]] = True
         r.check(
@@ -368,10 +428,12 @@ def validate_positions(
     no_pid = _bool(pid_given.isna())
     if no_pid.any():  # the default id "source:row", built for the rows that need it only
         default_pid = pos["source"][no_pid] + ":" + pos["row"][no_pid].astype("str")
-        pid = pid_given.astype(object).where(~no_pid, default_pid).astype("str")
+        given = _arrow_text(pid_given)
+        filled = pc.replace_with_mask(given, pa.array(no_pid), _whole(_arrow_text(default_pid)).cast(given.type))
+        pid = pd.Series(pd.array(filled, dtype="str"))
     else:
         pid = pid_given.astype("str")
-    dup = _bool(pid.duplicated(keep=False))
+    dup = np.zeros(n, dtype=bool) if _unique(pid) else _bool(pid.duplicated(keep=False))
     book_counts = pd.Series(duplicates, dtype=np.int64) if duplicates else None
     if book_counts is not None:
         dup = dup | _bool(pid.isin(book_counts.index))
@@ -388,7 +450,9 @@ def validate_positions(
     r.check("duplicate_position_id", dup, dup_message)
 
     rejects = _rejects_frame(pos, pid, r)
-    keep = np.flatnonzero(r.ok)
+    ok = r.ok
+    all_ok = bool(ok.all())
+    keep = slice(None) if all_ok else np.flatnonzero(ok)  # no copies here when every row is valid
 
     def take(values: np.ndarray) -> np.ndarray:
         return values[keep]
@@ -396,12 +460,14 @@ def validate_positions(
     def take_s(s: pd.Series) -> pd.Series:
         return s.iloc[keep].reset_index(drop=True)
 
+    def text(values: Any, codes: np.ndarray) -> pd.Series:  # values[code] of the valid rows, -1 missing
+        return _text_of_codes(values, take(codes))
+
     nan = np.float64(np.nan)
-    opt_k = take(is_opt)
     mult_default = np.where(is_opt, DEFAULT_OPTION_MULTIPLIER, DEFAULT_STOCK_MULTIPLIER)
     expiry_ns = pos["expiry"].to_numpy()
-    expiry_ns = np.where(dated & has_expiry & r.ok, expiry_ns, np.datetime64("NaT")).astype("datetime64[ns]")
-    mk = mkt.take(m_safe[keep]).reset_index(drop=True)
+    expiry_ns = np.where(dated & has_expiry & ok, expiry_ns, np.datetime64("NaT")).astype("datetime64[ns]")
+    # a valid option's right and style are in RIGHTS and STYLES (checked): rebuilt from their codes
     cols: dict[str, Any] = {
         "source": take_s(pos["source"]),
         "row": take(pos["row"].to_numpy(dtype=np.int64)),
@@ -409,12 +475,12 @@ def validate_positions(
         "position_id": take_s(pid),
         "underlying": take_s(pos["underlying"]),
         "kind": take_s(kind),
-        "right": take_s(right).where(opt_k),
+        "right": text(RIGHTS, np.where(is_opt, right_code, -1)),
         "is_call": take(is_call),
         "strike": take(np.where(is_opt, strike, nan)),
         "expiry": take(expiry_ns),
         "t": take(np.where(dated, days / DAYS_PER_YEAR, 0.0)),
-        "style": take_s(style).where(opt_k),
+        "style": text(STYLES, np.where(is_opt, style_code, -1)),
         "american": take(american),
         "multiplier": take(np.where(mult_given, mult, mult_default)),
         "quantity": take(qty),
@@ -423,11 +489,11 @@ def validate_positions(
         "spot": take(spot),
         "dividend_yield": take(q),
         "rate": take(row_rate),
-        "product_group": mk["product_group"],
-        "tracks": mk["tracks"],
+        "product_group": text(mkt["product_group"], m_idx),
+        "tracks": text(mkt["tracks"], m_idx),
         "vol_market": take(vol_market),
         "vol": take(vol),
-        "vol_source": take(vol_source),
+        "vol_source": text(VOL_SOURCES, vol_source),
     }
     valid = pd.DataFrame(cols)
     valid = valid.astype(dict(VALID_COLUMNS))
