@@ -20,7 +20,7 @@ value and closing it moves nothing into cash either).
 Relief is exact, never re-estimated:
 
 - grid methodologies (:class:`GridEngine`): the stored per-position scenario
-  P/L (``GridResult.pnl`` and ``pnl_wide``) is linear in the quantity held, so
+  P/L (``GridResult.pnl``, built for the called accounts' rows) is linear in the quantity held, so
   removing ``d`` units of a position subtracts ``d/q`` of its P/L row from its
   class; the class, its product group (offsets at every scenario, worst loss,
   minimums) and the class add-ons (contingency, concentration) are recomputed
@@ -547,10 +547,8 @@ def _pm_engine(res: dict[str, Any], meth: Methodology, backend: Backend, rows: n
 def _grid_engine(grid: Any, p: pd.DataFrame, meth: Methodology, backend: Backend, rows: np.ndarray,
                  accounts: np.ndarray, account: np.ndarray, nlv: np.ndarray, q0: np.ndarray) -> GridEngine:
     """The grid engine from a ``GridResult``: its stored P/L rows ``rows`` and the methodology's parameters."""
-    xp = backend.xp
-    rows_d = backend.asarray(rows.astype(np.int64))
-    pnl = xp.take(grid.pnl, rows_d, axis=0)
-    wide = xp.take(grid.pnl_wide, rows_d, axis=0) if grid.pnl_wide is not None else None
+    pnl = grid.pnl(rows, backend)
+    wide = grid.pnl(rows, backend, wide=True) if grid.wide_table is not None else None
     # local classes and groups, in book order (ids sorted ascending as segment sums need)
     cls = pd.factorize(p["_cls"].to_numpy(np.int64), sort=True)[0].astype(np.int64)
     grp_of_pos = pd.factorize(p["_grp"].to_numpy(np.int64), sort=True)[0].astype(np.int64)

@@ -39,6 +39,7 @@ class Book:
 
 
 _KINDS = np.array(["stock", "option", "future"])
+_KIND_CODE = {k: i for i, k in enumerate(_KINDS)}  # the ``_kind`` codes of a prepared book
 
 
 def kind_array(pos: pd.DataFrame) -> np.ndarray:
@@ -168,27 +169,62 @@ def option_values(book: Book, table: ScenarioTable | None, backend: Backend) -> 
     return v[:, m], v[:, :m]
 
 
-def position_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Backend) -> Any:
-    """P/L of every position under every scenario, ``(n_positions, m)``, coverage applied."""
+def position_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Backend,
+                 rows: np.ndarray | None = None) -> Any:
+    """P/L of every position (or of the positions ``rows``) under every scenario, ``(n, m)``, coverage applied."""
     xp = backend.xp
-    p = book.pos
-    kind = kind_array(p)
-    size = backend.asarray((p["quantity"] * p["multiplier"]).to_numpy(np.float64))
-    und = backend.asarray(p["_und"].to_numpy(np.int64))
+    con, und_h, lin_base, size_h = _pnl_inputs(book, rows)
+    size = backend.asarray(size_h)
+    und = backend.asarray(und_h)
     move = xp.take(backend.asarray(table.price_move), und, axis=0)
     cover = xp.take(backend.asarray(table.coverage), und, axis=0)
-    # linear instruments: stock moves with spot, a future with its forward
-    fwd = forward_price(p["spot"].to_numpy(np.float64), p["t"].to_numpy(np.float64), p["rate"].to_numpy(np.float64),
-                        p["dividend_yield"].to_numpy(np.float64))
-    lin_base = np.where(kind == "future", fwd, np.where(kind == "stock", p["spot"].to_numpy(np.float64), 0.0))
     unit = backend.asarray(lin_base)[:, None] * move
     if v is not None and v.shape[0]:
-        con = p["_con"].to_numpy(np.int64)
         is_opt = backend.asarray(con >= 0)
         idx = backend.asarray(np.where(con >= 0, con, 0))
         dv = xp.take(v, idx, axis=0) - xp.take(v0, idx)[:, None]
         unit = xp.where(is_opt[:, None], dv, unit)
     return unit * size[:, None] * cover
+
+
+def _pnl_inputs(book: Book, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per position: contract (-1: not an option), underlying code, linear base value, size (quantity × multiplier).
+
+    The linear base is what a unit moves with: a stock's spot, a future's
+    forward, 0 for an option.
+    """
+    p = book.pos if rows is None else book.pos.iloc[rows]
+    kind = p["_kind"].to_numpy()
+    spot = p["spot"].to_numpy(np.float64)
+    fwd = forward_price(spot, p["t"].to_numpy(np.float64), p["rate"].to_numpy(np.float64),
+                        p["dividend_yield"].to_numpy(np.float64))
+    lin_base = np.where(kind == _KIND_CODE["future"], fwd, np.where(kind == _KIND_CODE["stock"], spot, 0.0))
+    size = p["quantity"].to_numpy(np.float64) * p["multiplier"].to_numpy(np.float64)
+    return p["_con"].to_numpy(np.int64), p["_und"].to_numpy(np.int64), lin_base, size
+
+
+def class_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Backend, n_cls: int) -> Any:
+    """Scenario P/L per class ``(n_cls, m)``: the positions' P/L summed by class (``_cls``).
+
+    On NumPy with Numba, one fused pass that never holds the ``(n_positions,
+    m)`` P/L (the same numbers, bit for bit); elsewhere the P/L is built and
+    segment-summed.
+    """
+    from array_api_compat import is_numpy_namespace  # noqa: PLC0415
+
+    from .kernels._fused_cpu import HAVE_NUMBA  # noqa: PLC0415
+
+    cls = book.pos["_cls"].to_numpy(np.int64)
+    if HAVE_NUMBA and is_numpy_namespace(backend.xp):
+        from .kernels._fused_cpu import pnl_segment_sum_fused  # noqa: PLC0415
+
+        con, und, lin_base, size = _pnl_inputs(book, None)
+        has_v = v is not None and v.shape[0]
+        vv = np.asarray(v, dtype=np.float64) if has_v else np.zeros((0, table.price_move.shape[1]))
+        vv0 = np.asarray(v0, dtype=np.float64) if has_v else np.zeros(0)
+        return pnl_segment_sum_fused(np.where(con >= 0, con, -1) if has_v else np.full(con.size, -1),
+                                     und, lin_base, size, vv, vv0, table.price_move, table.coverage, cls, n_cls)
+    return segment_sum(position_pnl(book, table, v0, v, backend), backend.asarray(cls), n_cls)
 
 
 def _per_group(meth: Methodology, groups: pd.Series, key: str) -> np.ndarray:
@@ -200,14 +236,26 @@ def _per_group(meth: Methodology, groups: pd.Series, key: str) -> np.ndarray:
 
 @dataclass
 class GridResult:
-    """Account and class results, and the device arrays they came from (for liquidation plans)."""
+    """Account and class results, and what per-position scenario P/L is made of (for liquidation plans)."""
 
     accounts: pd.DataFrame
     classes: pd.DataFrame
     table: ScenarioTable | None = None
-    pnl: Any = None  # (n_positions, m) per-position scenario P/L, coverage applied, book.pos order
-    pnl_wide: Any = None  # the same under the concentration re-stress table (None when off)
-    wide_table: ScenarioTable | None = None
+    wide_table: ScenarioTable | None = None  # the concentration re-stress table (None when off)
+    book: Book | None = None
+    backend: Backend | None = None  # the device the values below live on
+    values: tuple[Any, Any] | None = None  # (V0, V) per contract under ``table``
+    wide_values: tuple[Any, Any] | None = None  # (V0, V) under ``wide_table``
+
+    def pnl(self, rows: np.ndarray, backend: Backend, wide: bool = False) -> Any:
+        """Scenario P/L of the book positions ``rows`` ``(len(rows), m)``, coverage applied, on ``backend``.
+
+        Built on demand for the rows asked for (the called accounts'), not
+        kept for the whole book; ``wide`` for the concentration re-stress.
+        """
+        table, values = (self.wide_table, self.wide_values) if wide else (self.table, self.values)
+        pnl = position_pnl(self.book, table, *values, self.backend, rows)
+        return pnl if backend is self.backend else backend.asarray(self.backend.to_host(pnl))
 
 
 def _masked_worst(xp: Any, loss: Any, valid: Any) -> tuple[Any, Any]:
@@ -231,16 +279,15 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
         v0, v = option_values(book, table, backend)
     else:
         v0, v, table = values
-    pnl = position_pnl(book, table, v0, v, backend)
     p = book.pos
     n_cls, n_grp = len(book.classes), len(book.groups)
     cls_h = p["_cls"].to_numpy(np.int64)
     cls_first = np.flatnonzero(np.r_[True, cls_h[1:] != cls_h[:-1]]) if cls_h.size else np.zeros(0, np.int64)
     cls_ids = backend.asarray(cls_h)
-    class_pnl = segment_sum(pnl, cls_ids, n_cls)  # (n_cls, m)
+    cls_pnl = class_pnl(book, table, v0, v, backend, n_cls)  # (n_cls, m)
     cls_und_h = p["_und"].to_numpy(np.int64)[cls_first]
     valid = xp.take(backend.asarray(table.valid), backend.asarray(cls_und_h), axis=0)
-    class_risk, class_worst = _masked_worst(xp, -class_pnl, valid)
+    class_risk, class_worst = _masked_worst(xp, -cls_pnl, valid)
     # the methodology's parameters by class (the few distinct product groups looked up once)
     pg_code, pg_names = pd.factorize(book.classes["product_group"])
 
@@ -250,7 +297,7 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
     # product-group offsets at each scenario: losses in full, profits at the group's offset
     cls_grp = p["_grp"].to_numpy(np.int64)[cls_first]
     offset_d = backend.asarray(per_class("offset"))[:, None]
-    combined = xp.minimum(class_pnl, 0.0) + offset_d * xp.maximum(class_pnl, 0.0)
+    combined = xp.minimum(cls_pnl, 0.0) + offset_d * xp.maximum(cls_pnl, 0.0)
     cls_grp_d = backend.asarray(cls_grp)
     group_pnl = segment_sum(combined, cls_grp_d, n_grp)
     grp_first_cls = np.flatnonzero(np.r_[True, cls_grp[1:] != cls_grp[:-1]]) if n_cls else np.zeros(0, np.int64)
@@ -280,13 +327,12 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
 
     thr = per_class("concentration_threshold")
     concentration = xp.zeros((n_cls,), dtype=xp.float64)
-    pnl_w, wide = None, None
+    wide, wide_values = None, None
     cls_acc = p["_acc"].to_numpy(np.int64)[cls_first]
     if np.any(thr > 0):
         wide = grid_table(market, meth, wide=True)
-        v0w, vw = option_values(book, wide, backend)
-        pnl_w = position_pnl(book, wide, v0w, vw, backend)
-        cls_pnl_w = segment_sum(pnl_w, cls_ids, n_cls)
+        wide_values = option_values(book, wide, backend)
+        cls_pnl_w = class_pnl(book, wide, *wide_values, backend, n_cls)
         valid_w = xp.take(backend.asarray(wide.valid), backend.asarray(cls_und_h), axis=0)
         risk_w, _ = _masked_worst(xp, -cls_pnl_w, valid_w)
         nlv_cls = backend.asarray(nlv.reindex(book.accounts).fillna(0.0).to_numpy(np.float64)[cls_acc])
@@ -329,10 +375,7 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
         "pm_contingency": cont, "pm_concentration": conc, "pm_requirement": greq + cont + conc,
         "worst_scenario": np.where(risk > 0.0, worst, None),
     })  # fmt: skip
-    return GridResult(acc, classes, table, pnl, pnl_w, wide)
-
-
-_KIND_CODE = {k: i for i, k in enumerate(_KINDS)}
+    return GridResult(acc, classes, table, wide, book, backend, (v0, v), wide_values)
 
 
 def _sum_runs(values: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:

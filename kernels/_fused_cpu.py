@@ -476,6 +476,44 @@ if HAVE_NUMBA:
         _segment_sum_loop(np.asarray(values, dtype=np.float64), np.asarray(segment_ids, dtype=np.int64), out)
         return out
 
+    @numba.njit(cache=True, nogil=True)
+    def _pnl_segment_loop(con, und, lin, size, v, v0, move, cover, seg, out):
+        n = con.shape[0]
+        m = out.shape[1]
+        for i in range(n):
+            s = seg[i]
+            first = i == 0 or s != seg[i - 1]
+            c, u = con[i], und[i]
+            for j in range(m):
+                unit = v[c, j] - v0[c] if c >= 0 else lin[i] * move[u, j]
+                x = unit * size[i] * cover[u, j]
+                if first:
+                    out[s, j] = x
+                else:
+                    out[s, j] += x
+
+    def pnl_segment_sum_fused(con: np.ndarray, und: np.ndarray, lin: np.ndarray, size: np.ndarray, v: np.ndarray,
+                              v0: np.ndarray, move: np.ndarray, cover: np.ndarray, segment_ids: np.ndarray,
+                              n_segments: int) -> np.ndarray:
+        """Per-segment sums of position scenario P/L without materialising the ``(n, m)`` P/L.
+
+        Row ``i`` of the P/L is ``unit · size[i] · cover[und[i]]`` with ``unit``
+        the option's value change ``v[con[i]] - v0[con[i]]`` (``con[i] >= 0``) or
+        the linear move ``lin[i] · move[und[i]]``; segments (sorted ids) are
+        summed row by row as :func:`segment_sum_fused` does, so the result is
+        bit for bit that of materialising the P/L and summing it. One pass,
+        GIL released.
+        """
+        out = np.zeros((n_segments, move.shape[1]), dtype=np.float64)
+        if con.shape[0]:
+            _pnl_segment_loop(np.asarray(con, dtype=np.int64), np.asarray(und, dtype=np.int64),
+                              np.asarray(lin, dtype=np.float64), np.asarray(size, dtype=np.float64),
+                              np.ascontiguousarray(v, dtype=np.float64), np.asarray(v0, dtype=np.float64),
+                              np.ascontiguousarray(move, dtype=np.float64),
+                              np.ascontiguousarray(cover, dtype=np.float64),
+                              np.asarray(segment_ids, dtype=np.int64), out)
+        return out
+
     def _vectorized(fn):
         """A NumPy-facing loop over a scalar helper (for tests and checks; not used by the kernels)."""
 

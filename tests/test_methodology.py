@@ -306,3 +306,35 @@ def test_two_stock_joint_scenario_matches_per_position_calculation():
             vs = 0.0
         exp = 100 * 150.0 * a - 100 * (float(option_price("C", 48.0 * (1 + bb), 50.0, 45 / 365, 0.35 * (1 + vs), 0.05)) - v0)
         assert pnl[0, j] == pytest.approx(exp, rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("preset", ["finra", "house"])
+def test_fused_class_pnl_is_the_segment_sum_of_position_pnl(seed, preset):
+    """The fused class P/L (never building the positions' P/L) gives the same bits as building it and
+    summing by class; and the P/L rows liquidation asks for are rows of the whole book's P/L."""
+    from gpu_margin._pm import class_pnl, option_values, position_pnl
+    from gpu_margin._scenarios import grid_table
+    from gpu_margin.kernels import segment_sum
+
+    rng = np.random.default_rng(seed)
+    meth = load_methodology(preset)
+    b = prepare_book(book(_random_rows(rng, n=60), MARKET), np.sort(MARKET["underlying"].to_numpy(object)))
+    tables = [grid_table(MARKET, meth)] + ([grid_table(MARKET, meth, wide=True)] if preset == "house" else [])
+    n_cls = int(b.pos["_cls"].max()) + 1
+    for table in tables:
+        v0, v = option_values(b, table, CPU)
+        pnl = position_pnl(b, table, v0, v, CPU)
+        want = segment_sum(pnl, b.pos["_cls"].to_numpy(np.int64), n_cls)
+        got = class_pnl(b, table, v0, v, CPU, n_cls)
+        np.testing.assert_array_equal(got, want)
+        rows = np.sort(rng.choice(len(b.pos), 17, replace=False))
+        np.testing.assert_array_equal(position_pnl(b, table, v0, v, CPU, rows), pnl[rows])
+    stocks = b.pos["_kind"].to_numpy() == 0  # a book without options: nothing to gather
+    sb = prepare_book(b.pos.loc[stocks, b.pos.columns[~b.pos.columns.str.startswith("_")]].reset_index(drop=True),
+                      b.und_names)
+    v0, v = option_values(sb, tables[0], CPU)
+    n_s = int(sb.pos["_cls"].max()) + 1
+    np.testing.assert_array_equal(class_pnl(sb, tables[0], v0, v, CPU, n_s),
+                                  segment_sum(position_pnl(sb, tables[0], v0, v, CPU),
+                                              sb.pos["_cls"].to_numpy(np.int64), n_s))
