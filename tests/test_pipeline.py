@@ -312,3 +312,19 @@ def test_is_sorted_agrees_with_a_stable_sort():
         })  # fmt: skip
         keys = ["a", "b", "c"][: rnd.randint(1, 3)]
         assert is_sorted(table, keys) == table.equals(table.sort_by([(k, "ascending") for k in keys]))
+
+
+@pytest.mark.parametrize(("files", "want"), [
+    ([["a1", "a2"], ["b1", "b2"]], {}),  # each file in order, ranges apart: no hashing needed
+    ([["b1", "b2"], ["a1", "a2"]], {}),  # ... whatever the file order
+    ([["a1", "b1"], ["a2", "b2"]], {}),  # in order but overlapping ranges: hashed, no repeat
+    ([["a1", "b1"], ["a2", "b1"]], {"b1": 2}),  # overlapping, with a repeat
+    ([["a1", "a2"], ["a2", "a3"]], {"a2": 2}),  # one file ends where the next begins
+    ([["a2", "a1", "a2"]], {"a2": 3 - 1}),  # not in order
+    ([["a1", None, "a1"], None], {"a1": 2}),  # missing ids (the reader's defaults) do not count
+])  # fmt: skip
+def test_book_duplicates(files, want):
+    from gpu_margin._pipeline import book_duplicates
+
+    cols = [None if f is None else pa.chunked_array([pa.array(f, type=pa.string())]) for f in files]
+    assert book_duplicates(cols) == want
