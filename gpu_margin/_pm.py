@@ -203,8 +203,10 @@ def _pnl_inputs(book: Book, rows: np.ndarray | None) -> tuple[np.ndarray, np.nda
     return p["_con"].to_numpy(np.int64), p["_und"].to_numpy(np.int64), lin_base, size
 
 
-def class_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Backend, n_cls: int) -> Any:
-    """Scenario P/L per class ``(n_cls, m)``: the positions' P/L summed by class (``_cls``).
+def class_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Backend, n_cls: int,
+              by: str = "_cls") -> Any:
+    """Scenario P/L per class ``(n_cls, m)``: the positions' P/L summed by class (``_cls``, or ``_acc``
+    for accounts: any sorted code column of the book).
 
     On NumPy with Numba, one fused pass that never holds the ``(n_positions,
     m)`` P/L (the same numbers, bit for bit); elsewhere the P/L is built and
@@ -214,7 +216,7 @@ def class_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Backen
 
     from .kernels._fused_cpu import HAVE_NUMBA  # noqa: PLC0415
 
-    cls = book.pos["_cls"].to_numpy(np.int64)
+    cls = book.pos[by].to_numpy(np.int64)
     if HAVE_NUMBA and is_numpy_namespace(backend.xp):
         from .kernels._fused_cpu import pnl_segment_sum_fused  # noqa: PLC0415
 
@@ -390,17 +392,16 @@ def scenario_pnl_by_account(book: Book, table: ScenarioTable, backend: Backend, 
     """Account × scenario P/L ``(n_accounts, m)`` with full netting across underlyings (SPEC 5.2).
 
     Scenarios are valued ``block`` columns at a time, so memory stays bounded
-    by ``positions × block`` whatever the number of scenarios.
+    by ``contracts × block`` (and, off the fused CPU path, ``positions × block``)
+    whatever the number of scenarios.
     """
     xp = backend.xp
-    acc = backend.asarray(book.pos["_acc"].to_numpy(np.int64))
     m = table.price_move.shape[1]
     parts = []
     for j0 in range(0, m, block):  # blocks of scenarios (not single scenarios)
         sub = table.columns(slice(j0, min(m, j0 + block)))
         v0, v = option_values(book, sub, backend)
-        pnl = position_pnl(book, sub, v0, v, backend)
-        parts.append(segment_sum(pnl, acc, len(book.accounts)))
+        parts.append(class_pnl(book, sub, v0, v, backend, len(book.accounts), by="_acc"))
     if not parts:
         return xp.zeros((len(book.accounts), 0), dtype=xp.float64)
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=1)

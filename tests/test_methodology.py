@@ -328,6 +328,9 @@ def test_fused_class_pnl_is_the_segment_sum_of_position_pnl(seed, preset):
         want = segment_sum(pnl, b.pos["_cls"].to_numpy(np.int64), n_cls)
         got = class_pnl(b, table, v0, v, CPU, n_cls)
         np.testing.assert_array_equal(got, want)
+        n_acc = len(b.accounts)  # by account, as joint-scenario replays sum
+        np.testing.assert_array_equal(class_pnl(b, table, v0, v, CPU, n_acc, by="_acc"),
+                                      segment_sum(pnl, b.pos["_acc"].to_numpy(np.int64), n_acc))
         rows = np.sort(rng.choice(len(b.pos), 17, replace=False))
         np.testing.assert_array_equal(position_pnl(b, table, v0, v, CPU, rows), pnl[rows])
     stocks = b.pos["_kind"].to_numpy() == 0  # a book without options: nothing to gather
