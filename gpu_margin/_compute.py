@@ -117,59 +117,89 @@ def margin_frames(
         account_ids = set(book.accounts) | set(acc["account_id"]) | set(rejects["account_id"].dropna())
     ids_arr = np.asarray(list(account_ids) if isinstance(account_ids, set) else account_ids, dtype=object)
     all_ids = pd.Index(np.unique(ids_arr), name="account_id", dtype=object)
-    acc_i = acc.drop_duplicates("account_id").set_index("account_id")
-    cash = acc_i["cash"].reindex(all_ids).fillna(0.0)
-    atype = acc_i["account_type"].reindex(all_ids).fillna("portfolio")
+    acc_i = acc.drop_duplicates("account_id")
+    at = pd.Index(acc_i["account_id"].to_numpy(dtype=object)).get_indexer(all_ids)  # -1: not in the accounts file
+    cash = pd.Series(_pick(acc_i["cash"].to_numpy(np.float64), at, np.nan), index=all_ids).fillna(0.0)
+    atype = pd.Series(_pick(acc_i["account_type"].to_numpy(dtype=object), at, None), index=all_ids,
+                      dtype=acc_i["account_type"].dtype).fillna("portfolio")
     # per book account (positions are sorted by account: sums of runs), then on every reported account
     held = pd.Index(book.accounts).get_indexer(all_ids)
     acc_code = p["_acc"].to_numpy()
     acc_runs = np.flatnonzero(np.r_[True, acc_code[1:] != acc_code[:-1]]) if len(p) else np.zeros(0, np.int64)
     mv_acc = np.add.reduceat(p["market_value"].to_numpy(np.float64), acc_runs) if len(p) else np.zeros(0)
     n_pos = np.diff(np.r_[acc_runs, len(p)])
-    nlv = cash + np.where(held >= 0, mv_acc[np.maximum(held, 0)] if len(p) else 0.0, 0.0)
+    nlv = cash + _pick(mv_acc, held, 0.0)
 
     out: dict[str, pd.DataFrame] = {}
     if meth.kind == "grid":
         res = grid_margin(book, market, meth, nlv, backend, values=grid_values)
-        pm = res.accounts.set_index("account_id").reindex(all_ids)
+        ra = res.accounts  # one row per book account, in book order
+        pm = {c: _pick(ra[c].to_numpy(), held, np.nan if c != "worst_scenario" else None) for c in ra.columns}
         out["classes"] = res.classes
         out["_grid"] = res
     else:
-        pm, out["_scenario_pnl"] = _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_ids)
+        pm_frame, out["_scenario_pnl"] = _scenario_margin(book, market, meth, scenarios, multipliers, backend,
+                                                          all_ids)
+        pm = {c: pm_frame[c].to_numpy() for c in pm_frame.columns}  # indexed by all_ids already
         # lets liquidation plans re-price the called accounts' positions exactly
         out["_scenario_inputs"] = {"market": market, "scenarios": scenarios, "multipliers": multipliers}
         out["classes"] = res_classes_empty()
     for col in PM_COLUMNS:
-        if col not in pm:
-            pm[col] = 0.0
-        pm[col] = pm[col].fillna(0.0)
+        pm[col] = np.nan_to_num(pm[col].astype(np.float64), nan=0.0) if col in pm else np.zeros(len(all_ids))
 
     from ._regt import regt_requirements  # noqa: PLC0415
 
     regt_acc, regt_legs = regt_requirements(p)
-    regt = regt_acc.set_index("account_id").reindex(all_ids).fillna(0.0)
+    r_at = pd.Index(regt_acc["account_id"].to_numpy(dtype=object)).get_indexer(all_ids)
     out["regt_legs"] = regt_legs
 
-    n_rej = rejects.groupby("account_id").size().reindex(all_ids).fillna(0).astype(np.int64)
-    res_acc = pd.DataFrame(index=all_ids)
-    res_acc["account_type"] = atype
-    res_acc["pm_requirement"] = pm["pm_requirement"]
-    for col in PM_COLUMNS[:-1]:
-        res_acc[col] = pm[col]
-    res_acc["regt_initial"] = regt["regt_initial"]
-    res_acc["regt_maintenance"] = regt["regt_maintenance"]
-    res_acc["nlv"] = nlv
-    res_acc["requirement"] = np.where(atype == "regt", res_acc["regt_maintenance"], res_acc["pm_requirement"])
-    res_acc["excess"] = res_acc["nlv"] - res_acc["requirement"]
-    res_acc["worst_scenario"] = pm["worst_scenario"].astype(object) if "worst_scenario" in pm else None
-    res_acc["n_positions"] = np.where(held >= 0, n_pos[np.maximum(held, 0)] if len(p) else 0, 0).astype(np.int64)
-    res_acc["n_rejected"] = n_rej
-    res_acc["has_rejects"] = n_rej > 0
-    out["accounts"] = res_acc.reset_index()
+    n_rej = rejects.groupby("account_id").size().reindex(all_ids).fillna(0).astype(np.int64).to_numpy()
+    regt_m = _pick(regt_acc["regt_maintenance"].to_numpy(np.float64), r_at, 0.0)
+    is_regt = (atype == "regt").to_numpy()
+    requirement = np.where(is_regt, regt_m, pm["pm_requirement"])
+    nlv_h = nlv.to_numpy(np.float64)
+    worst = pm.get("worst_scenario")
+    out["accounts"] = pd.DataFrame({
+        "account_id": all_ids.to_numpy(dtype=object),
+        "account_type": atype.to_numpy(),
+        "pm_requirement": pm["pm_requirement"],
+        **{col: pm[col] for col in PM_COLUMNS[:-1]},
+        "regt_initial": _pick(regt_acc["regt_initial"].to_numpy(np.float64), r_at, 0.0),
+        "regt_maintenance": regt_m,
+        "nlv": nlv_h,
+        "requirement": requirement,
+        "excess": nlv_h - requirement,
+        "worst_scenario": _missing_as_nan(worst, len(all_ids)),
+        "n_positions": _pick(n_pos, held, 0).astype(np.int64),
+        "n_rejected": n_rej,
+        "has_rejects": n_rej > 0,
+    })  # fmt: skip
     out["rejects"] = rejects
     out["positions"] = p
     out["_book"] = book  # for margin calls and liquidation plans (not a table)
     return out
+
+
+def _missing_as_nan(labels: np.ndarray | None, n: int) -> pd.Series:
+    """An ``object`` column of scenario labels with NaN (pandas' missing value) for none."""
+    out = np.full(n, np.nan, dtype=object)
+    if labels is not None:
+        given = pd.notna(labels)
+        out[given] = labels[given]
+    return pd.Series(out, dtype=object, copy=False)
+
+
+def _pick(values: np.ndarray, at: np.ndarray, fill: Any) -> np.ndarray:
+    """``values[at]``, with ``fill`` where ``at`` is -1 (an account the values do not cover)."""
+    if values.size == 0:
+        out = np.empty(at.size, dtype=values.dtype if fill is not None else object)
+        out[...] = fill
+        return out
+    got = values[np.maximum(at, 0)]
+    if (at < 0).any():
+        got = got.astype(object) if fill is None and got.dtype != object else got.copy()
+        got[at < 0] = fill
+    return got
 
 
 PM_COLUMNS = ["pm_scenario_risk", "pm_minimum_excess", "pm_contingency", "pm_concentration", "pm_requirement"]
