@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from test_validate import market
+
 from gpu_margin._validate import _blank, _index_in, _text_of_codes, _unique, validate_positions
 
 TEXT_DTYPES = ["str", "string[pyarrow]", "string[python]"]
@@ -110,21 +112,6 @@ def test_text_of_codes():
     assert str(_text_of_codes(("a",), np.array([], dtype=np.int64)).dtype) == "str"
 
 
-def _market() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "underlying": ["XYZ", "IDX", "ETF"],
-            "spot": [100.0, 4000.0, 400.0],
-            "vol": [0.30, 0.15, 0.16],
-            "dividend_yield": [0.01, None, 0.015],
-            "rate": [None, 0.04, None],
-            "product_group": ["equity", "broad_index", "equity"],
-            "option_style": ["A", "E", None],
-            "tracks": [None, None, "IDX"],
-        }
-    )
-
-
 @pytest.mark.parametrize("dtype", TEXT_DTYPES)
 def test_codes_rebuild_the_text_columns_of_a_chunked_frame(dtype):
     """right/style/product_group/tracks/vol_source from codes; ids filled, compared and rejected across chunks."""
@@ -150,7 +137,7 @@ def test_codes_rebuild_the_text_columns_of_a_chunked_frame(dtype):
     df.insert(0, "row", np.arange(len(df), dtype=np.int64))
     df.insert(0, "source", pd.Series(["positions"] * len(df), dtype="str"))  # as a reader gives it
     chunked = pd.concat([df.iloc[:3], df.iloc[3:]], ignore_index=True)
-    market = _market()
+    market = market()
     market = pd.concat([market.iloc[:2], market.iloc[2:]], ignore_index=True)  # in pieces too
     valid, rejects = validate_positions(chunked, market, asof="2024-06-03", rate=0.05)
 
@@ -178,7 +165,7 @@ def test_vol_source_tracks_and_default_ids_without_rejects():
         dict(base, underlying="IDX", right="C"),
     ])
     df["expiry"] = pd.to_datetime(df["expiry"])
-    valid, rejects = validate_positions(df, _market(), asof="2024-06-03", rate=0.05)
+    valid, rejects = validate_positions(df, market(), asof="2024-06-03", rate=0.05)
     assert rejects.empty
     assert valid["vol_source"].tolist() == ["iv", "implied", "market"]
     assert valid["tracks"].tolist()[:2] == ["IDX", "IDX"] and pd.isna(valid["tracks"].iloc[2])
