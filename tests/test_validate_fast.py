@@ -137,9 +137,9 @@ def test_codes_rebuild_the_text_columns_of_a_chunked_frame(dtype):
     df.insert(0, "row", np.arange(len(df), dtype=np.int64))
     df.insert(0, "source", pd.Series(["positions"] * len(df), dtype="str"))  # as a reader gives it
     chunked = pd.concat([df.iloc[:3], df.iloc[3:]], ignore_index=True)
-    market = market()
-    market = pd.concat([market.iloc[:2], market.iloc[2:]], ignore_index=True)  # in pieces too
-    valid, rejects = validate_positions(chunked, market, asof="2024-06-03", rate=0.05)
+    mkt = market()
+    mkt = pd.concat([mkt.iloc[:2], mkt.iloc[2:]], ignore_index=True)  # in pieces too
+    valid, rejects = validate_positions(chunked, mkt, asof="2024-06-03", rate=0.05)
 
     assert rejects["code"].tolist() == ["duplicate_position_id"] * 4 + ["bad_style"]
     assert rejects["position_id"].tolist() == ["P1", "positions:2", "P1", "positions:2", "P8"]
