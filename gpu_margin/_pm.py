@@ -224,8 +224,8 @@ def class_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Backen
         has_v = v is not None and v.shape[0]
         vv = np.asarray(v, dtype=np.float64) if has_v else np.zeros((0, table.price_move.shape[1]))
         vv0 = np.asarray(v0, dtype=np.float64) if has_v else np.zeros(0)
-        return pnl_segment_sum_fused(np.where(con >= 0, con, -1) if has_v else np.full(con.size, -1),
-                                     und, lin_base, size, vv, vv0, table.price_move, table.coverage, cls, n_cls)
+        return pnl_segment_sum_fused(con if has_v else np.full(con.size, -1), und, lin_base, size, vv, vv0,
+                                     table.price_move, table.coverage, cls, n_cls)
     return segment_sum(position_pnl(book, table, v0, v, backend), backend.asarray(cls), n_cls)
 
 

@@ -74,7 +74,7 @@ from .normal import _P, _Q
 try:  # Numba is a dependency; keep the xp path usable if it is broken on a platform.
     import numba
 
-    from ._fused_cpu import _from_bits, _log_mk, _to_bits, _wide_vectors
+    from ._fused_cpu import _from_bits, _inline, _log_mk, _loop, _to_bits, _wide_vectors
 
     HAVE_NUMBA = True
 except Exception:  # pragma: no cover
@@ -739,20 +739,9 @@ def american_grid_fused(
     return out
 
 
-# Contraction to FMA, fast reciprocals and approximate library functions; not "reassoc" (the
-# Cody–Waite reductions and the xp code's order of operations must stand), "nnan"/"ninf" (no
-# promise about inputs) or "nsz" (a zero value stays +0.0). Helpers are inlined by LLVM
-# (forceinline) and divisions follow IEEE (error_model="numpy", as NumPy's do), so that the
-# lane loops have no calls and no branches out: LLVM vectorises them.
-_FASTMATH = {"contract", "arcp", "afn"}
-
+# The compile options are _fused_cpu's (fastmath without "reassoc", IEEE divisions, LLVM
+# inlining of helpers), so that the lane loops vectorise the same way there and here.
 if HAVE_NUMBA:
-
-    from numba.core.cpu import CPUTargetOptions as _Options
-
-    # LLVM inlining where this Numba has it (cheaper to compile), else Numba's own
-    _inline_kw = {"forceinline": True} if hasattr(_Options, "forceinline") else {"inline": "always"}
-    _inline = numba.njit(cache=True, fastmath=_FASTMATH, error_model="numpy", **_inline_kw)
     _exp = _inline(_exp_impl)
     _expm1 = _inline(_expm1_impl)
     _log = _inline(_log_impl)
@@ -763,8 +752,7 @@ if HAVE_NUMBA:
     _premium_point = _inline(_premium_point_impl)
     _american_unit = _inline(_american_unit_impl)
     _clip = _inline(_clip_impl)
-    _kernel = numba.njit(cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
-    _loop = {"cache": True, "nogil": True, "fastmath": _FASTMATH, "error_model": "numpy"}
+    _kernel = numba.njit(**_loop)
     _solve_tile = _kernel(_solve_tile)
     _european_state = _kernel(_european_state)
     _gather = _kernel(_gather)
