@@ -229,13 +229,6 @@ def class_pnl(book: Book, table: ScenarioTable, v0: Any, v: Any, backend: Backen
     return segment_sum(position_pnl(book, table, v0, v, backend), backend.asarray(cls), n_cls)
 
 
-def _per_group(meth: Methodology, groups: pd.Series, key: str) -> np.ndarray:
-    """A group parameter for every row, by mapping the few distinct groups (no loop over rows)."""
-    codes, uniques = pd.factorize(groups)
-    values = np.array([float(getattr(meth.group(g), key)) for g in uniques], dtype=np.float64)
-    return values[codes]
-
-
 @dataclass
 class GridResult:
     """Account and class results, and what per-position scenario P/L is made of (for liquidation plans)."""
