@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,10 +15,6 @@ from ._scenarios import grid_table, joint_table
 
 if TYPE_CHECKING:
     import pyarrow as pa
-
-
-def _as_date(asof: Any) -> _dt.date:
-    return pd.Timestamp(asof).date()
 
 
 def value_positions(book: Book, backend: Backend, v0: Any = None) -> pd.DataFrame:
@@ -64,8 +59,9 @@ def compute(
     (due ``due_days`` NYSE sessions after ``asof``), ``liquidation``, and
     ``scenario_pnl`` for a ``scenarios`` methodology.
     """
-    from ._validate import validate_accounts, validate_market, validate_positions  # noqa: PLC0415
+    from ._validate import as_date, validate_accounts, validate_market, validate_positions  # noqa: PLC0415
 
+    day = as_date(asof)  # a bad date is a one-line JobError, before any work
     backend = select_backend(device) if isinstance(device, str) else device
     meth = methodology if isinstance(methodology, Methodology) else load_methodology(methodology)
     market = validate_market(market, source="market")
@@ -73,12 +69,12 @@ def compute(
         accounts = pd.DataFrame({"account_id": pd.Series(dtype=str), "cash": pd.Series(dtype=float),
                                  "account_type": pd.Series(dtype=str)})
     acc = validate_accounts(accounts, source="accounts")
-    valid, rejects = validate_positions(positions, market, asof=_as_date(asof), rate=rate, source=source)
+    valid, rejects = validate_positions(positions, market, asof=day, rate=rate, source=source)
     res = margin_frames(valid, rejects, market, acc, meth, backend, scenarios=scenarios, multipliers=multipliers)
     from ._calls import margin_calls_and_plans  # noqa: PLC0415
 
     res["margin_calls"], res["liquidation"] = margin_calls_and_plans(
-        res, meth, backend, asof=_as_date(asof), due_days=due_days)
+        res, meth, backend, asof=day, due_days=due_days)
     if "_scenario_pnl" in res:
         res["scenario_pnl"] = res["_scenario_pnl"].frame()
     return {k: v for k, v in res.items() if not k.startswith("_")}

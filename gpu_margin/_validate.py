@@ -519,13 +519,6 @@ def _rejects_frame(pos: pd.DataFrame, pid: pd.Series, r: _Rejector) -> pd.DataFr
     return frame.astype({f.name: ("int64" if f.name == "row" else "str") for f in REJECTS_SCHEMA})
 
 
-def empty_rejects() -> pd.DataFrame:
-    """A rejects frame with no rows and the columns of ``REJECTS_SCHEMA``."""
-    return REJECTS_SCHEMA.empty_table().to_pandas().astype(
-        {f.name: ("int64" if f.name == "row" else "str") for f in REJECTS_SCHEMA}
-    )
-
-
 # ---------------------------------------------------------------- market and accounts
 
 

@@ -196,6 +196,13 @@ def test_compute_returns_calls_and_plans_and_no_internal_keys():
     assert set(res["liquidation"]["account_id"]) == called  # every call has a plan (at least a step-0 row)
 
 
+@pytest.mark.parametrize("asof", ["2024-13-45", "not a date", None])
+def test_compute_with_an_unusable_asof_is_a_one_line_error(asof):
+    pos, acc = random_book(3, n=12)
+    with pytest.raises(JobError, match=r"asof .* is not a usable date; give it as YYYY-MM-DD"):
+        compute(pos, MARKET, acc, asof=asof, rate=RATE)
+
+
 def test_calls_and_plans_fit_the_output_schemas():
     from gpu_margin._outputs import SCHEMAS, to_table
 
