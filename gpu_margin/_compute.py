@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._backend import Backend, select_backend
 from ._methodology import Methodology, load_methodology
 from ._pm import Book, grid_margin, kind_array, option_values, prepare_book, scenario_pnl_by_account
 from ._scenarios import grid_table, joint_table
 
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 
 def value_positions(book: Book, backend: Backend, v0: Any = None) -> pd.DataFrame:
@@ -111,15 +111,18 @@ def margin_frames(
 
     if account_ids is None:
         account_ids = set(book.accounts) | set(acc["account_id"]) | set(rejects["account_id"].dropna())
-    ids_arr = np.asarray(list(account_ids) if isinstance(account_ids, set) else account_ids, dtype=object)
-    all_ids = pd.Index(np.unique(ids_arr), name="account_id", dtype=object)
+    # the reported accounts, sorted; ids are matched in Arrow (hashes of the bytes, no Python strings)
+    ids_pa = arrow_strings(list(account_ids) if isinstance(account_ids, set) else account_ids)
+    ids_pa = pc.unique(ids_pa)
+    ids_pa = ids_pa.take(pc.sort_indices(ids_pa))
+    all_ids = pd.Index(ids_pa.to_numpy(zero_copy_only=False), name="account_id", dtype=object)
     acc_i = acc.drop_duplicates("account_id")
-    at = pd.Index(acc_i["account_id"].to_numpy(dtype=object)).get_indexer(all_ids)  # -1: not in the accounts file
+    at = positions_in(ids_pa, acc_i["account_id"])  # -1: not in the accounts file
     cash = pd.Series(_pick(acc_i["cash"].to_numpy(np.float64), at, np.nan), index=all_ids).fillna(0.0)
     atype = pd.Series(_pick(acc_i["account_type"].to_numpy(dtype=object), at, None), index=all_ids,
                       dtype=acc_i["account_type"].dtype).fillna("portfolio")
     # per book account (positions are sorted by account: sums of runs), then on every reported account
-    held = pd.Index(book.accounts).get_indexer(all_ids)
+    held = positions_in(ids_pa, book.accounts)
     acc_code = p["_acc"].to_numpy()
     acc_runs = np.flatnonzero(np.r_[True, acc_code[1:] != acc_code[:-1]]) if len(p) else np.zeros(0, np.int64)
     mv_acc = np.add.reduceat(p["market_value"].to_numpy(np.float64), acc_runs) if len(p) else np.zeros(0)
@@ -146,7 +149,7 @@ def margin_frames(
     from ._regt import regt_requirements  # noqa: PLC0415
 
     regt_acc, regt_legs = regt_requirements(p)
-    r_at = pd.Index(regt_acc["account_id"].to_numpy(dtype=object)).get_indexer(all_ids)
+    r_at = positions_in(ids_pa, regt_acc["account_id"])
     out["regt_legs"] = regt_legs
 
     n_rej = rejects.groupby("account_id").size().reindex(all_ids).fillna(0).astype(np.int64).to_numpy()
@@ -174,6 +177,28 @@ def margin_frames(
     out["positions"] = p
     out["_book"] = book  # for margin calls and liquidation plans (not a table)
     return out
+
+
+def arrow_strings(values: Any) -> pa.Array:
+    """Strings (a pandas column, NumPy or Python strings, or Arrow) as one Arrow ``string`` array.
+
+    Zero-copy for Arrow-backed pandas columns. Sorting and matching ids on it
+    compares bytes, which orders UTF-8 strings as Python orders ``str``.
+    """
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_null(arr.type) or pa.types.is_large_string(arr.type):
+        arr = arr.cast(pa.string())
+    if not pa.types.is_string(arr.type):
+        raise TypeError(f"account ids must be strings (got {arr.type})")
+    return arr
+
+
+def positions_in(values: pa.Array, keys: Any) -> np.ndarray:
+    """Where each of ``values`` is in ``keys`` (``int64``; -1 where it is not)."""
+    found = pc.index_in(values, value_set=arrow_strings(keys))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _missing_as_nan(labels: np.ndarray | None, n: int) -> pd.Series:
@@ -226,7 +251,6 @@ class ScenarioPnl:
 
     def arrow(self) -> "pa.Table":
         """The long form as Arrow with dictionary-encoded ids (no per-row Python objects)."""
-        import pyarrow as pa  # noqa: PLC0415
 
         n, m = self.matrix.shape
         acc = pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(n, dtype=np.int32), m)),

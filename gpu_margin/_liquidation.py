@@ -50,8 +50,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from ._backend import Backend
+from ._compute import arrow_strings, positions_in
 from ._methodology import Methodology
 from ._pm import kind_array
 from .kernels import segment_sum
@@ -92,7 +94,7 @@ def liquidation_plans(res: dict[str, Any], calls: pd.DataFrame, meth: Methodolog
         if c.empty:
             continue
         called = np.zeros(len(book.accounts), dtype=bool)  # by the book's account codes (no string matching)
-        at = pd.Index(book.accounts).get_indexer(c["account_id"].to_numpy(object))
+        at = positions_in(arrow_strings(c["account_id"]), book.accounts)
         called[at[at >= 0]] = True
         rows = np.flatnonzero(called[pos["_acc"].to_numpy()])
         if rows.size == 0:  # called for negative cash alone: nothing to close
@@ -161,8 +163,8 @@ def greedy_plans(engine: Any, calls: pd.DataFrame, pos: pd.DataFrame) -> pd.Data
     orphan = calls[~calls["account_id"].isin(set(acc_names))]
     q0 = pos["quantity"].to_numpy(np.float64)
     mv0 = pos["market_value"].to_numpy(np.float64)
-    pid = pos["position_id"].astype(str).to_numpy(object)
-    pid_rank = pd.Series(pid).rank(method="first").to_numpy(np.int64)
+    pid = arrow_strings(pos["position_id"].astype(str))
+    pid_rank = pc.rank(pid, sort_keys="ascending", tiebreaker="first").to_numpy().astype(np.int64)  # 1, 2, ...
     acc = engine.account
     q = q0.copy()
 
@@ -237,7 +239,7 @@ def greedy_plans(engine: Any, calls: pd.DataFrame, pos: pd.DataFrame) -> pd.Data
     out = pd.DataFrame({c: (np.concatenate([r[i] for r in rec]) if rec else np.zeros(0)).astype(dt)
                         for i, (c, dt) in enumerate(zip(cols, dtypes))})
     out["account_id"] = acc_names[out["_a"].to_numpy()]
-    out["position_id"] = pid[out["_p"].to_numpy()]
+    out["position_id"] = pid.take(out["_p"].to_numpy()).to_numpy(zero_copy_only=False).astype(object)
     out["nlv_after"] = nlv[out["_a"].to_numpy()]
     out["deficit_after"] = np.maximum(out["requirement_after"] - out["nlv_after"], 0.0)
     # a called account with no step: no close lowers its requirement
@@ -526,8 +528,9 @@ def _pm_engine(res: dict[str, Any], meth: Methodology, backend: Backend, rows: n
     """The grid (or joint-scenario) engine for the positions ``rows`` of ``res['_book']``."""
     book = res["_book"]
     p = book.pos.iloc[rows]
-    accounts, account = np.unique(p["account_id"].to_numpy(object), return_inverse=True)
-    nlv = res["accounts"].set_index("account_id")["nlv"].reindex(accounts).to_numpy(np.float64)
+    accounts, account = _accounts_of(book, rows)
+    at = positions_in(arrow_strings(accounts), res["accounts"]["account_id"])
+    nlv = np.where(at >= 0, res["accounts"]["nlv"].to_numpy(np.float64)[np.maximum(at, 0)], np.nan)
     q0 = p["quantity"].to_numpy(np.float64)
     if "_grid" in res:
         return _grid_engine(res["_grid"], p, meth, backend, rows, accounts, account, nlv, q0)
@@ -760,5 +763,14 @@ def _components(underlying: np.ndarray, tracks: np.ndarray) -> np.ndarray:
 def _regt_engine(res: dict[str, Any], meth: Methodology, backend: Backend, rows: np.ndarray) -> RegTEngine:
     del meth, backend
     p = res["_book"].pos.iloc[rows].reset_index(drop=True)
-    accounts, account = np.unique(p["account_id"].to_numpy(object), return_inverse=True)
+    accounts, account = _accounts_of(res["_book"], rows)
     return RegTEngine(p, accounts, account)
+
+
+def _accounts_of(book: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct accounts of the book's positions ``rows`` (ids), and each row's index into them.
+
+    From the book's account codes (numbered in sorted order of the ids): no string is compared.
+    """
+    codes, account = np.unique(book.pos["_acc"].to_numpy(np.int64)[rows], return_inverse=True)
+    return np.asarray(book.accounts, dtype=object)[codes], account.astype(np.int64)

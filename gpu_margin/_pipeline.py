@@ -269,11 +269,11 @@ class Context:
     duplicates: dict[str, int] = field(default_factory=dict)  # position ids repeated in the book (usually none)
 
 
-_ACCOUNTS: dict[str, tuple[pd.DataFrame, pd.Index]] = {}
+_ACCOUNTS: dict[str, tuple[pd.DataFrame, pa.Array]] = {}
 
 
-def accounts_table(ctx: Context) -> tuple[pd.DataFrame, pd.Index]:
-    """The run's accounts table and an index on ``account_id``, read once per process.
+def accounts_table(ctx: Context) -> tuple[pd.DataFrame, pa.Array]:
+    """The run's accounts table and its ``account_id`` column as one Arrow array, read once per process.
 
     The accounts table can be as long as the book has accounts, so it is not
     shipped inside every task: the process that plans the run holds it already,
@@ -288,9 +288,11 @@ def accounts_table(ctx: Context) -> tuple[pd.DataFrame, pd.Index]:
     return hit
 
 
-def remember_accounts(key: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index]:
+def remember_accounts(key: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, pa.Array]:
+    from ._compute import arrow_strings  # noqa: PLC0415
+
     _ACCOUNTS.clear()
-    _ACCOUNTS[key] = (frame, pd.Index(frame["account_id"].to_numpy(dtype=object)))
+    _ACCOUNTS[key] = (frame, arrow_strings(frame["account_id"]))
     return _ACCOUNTS[key]
 
 
@@ -330,7 +332,7 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     """Margin one partition and write its part files; returns counts and stage timings."""
     from ._backend import select_backend  # noqa: PLC0415
     from ._calls import margin_calls_and_plans  # noqa: PLC0415
-    from ._compute import margin_frames  # noqa: PLC0415
+    from ._compute import arrow_strings, margin_frames  # noqa: PLC0415
     from ._methodology import load_methodology  # noqa: PLC0415
     from ._validate import validate_positions  # noqa: PLC0415
 
@@ -347,10 +349,10 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     t0 = time.perf_counter()
     backend = select_backend(ctx.device)
     meth = load_methodology(ctx.job.methodology)
-    ids = pd.unique(pos["account_id"].dropna().to_numpy(dtype=object))
-    accounts, accounts_index = accounts_table(ctx)
-    rows = accounts_index.get_indexer(ids)
-    acc = accounts.take(np.sort(rows[rows >= 0]))
+    # the partition's accounts (rejected rows' too), matched in Arrow: no Python string per row
+    ids = pc.unique(pc.drop_null(arrow_strings(pos["account_id"]))) if len(pos) else pa.array([], pa.string())
+    accounts, account_ids = accounts_table(ctx)
+    acc = accounts[pc.is_in(account_ids, value_set=ids).to_numpy(zero_copy_only=False)]
     res = margin_frames(valid, rejects, ctx.market, acc, meth, backend, scenarios=ctx.scenarios,
                         multipliers=ctx.job.multipliers, account_ids=ids)
     t["margin"] = time.perf_counter() - t0

@@ -109,20 +109,20 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
     order = pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in key_cols]).to_numpy() if n \
         else np.zeros(0, np.int64)
     pos = pos.take(order).reset_index(drop=True)
-    skeys = keys.take(pa.array(order))
-    acc_new, pg_new, und_new = (_run_starts(skeys.column(c).combine_chunks()) for c in key_cols[:3])
+    skeys = {c: _arrow(pos[c]) for c in key_cols[:3]}  # the sorted keys (zero-copy from Arrow-backed columns)
+    acc_new, pg_new, und_new = (_run_starts(skeys[c]) for c in key_cols[:3])
     cls_codes = _runs(acc_new, pg_new, und_new)
     grp_codes = _runs(acc_new, pg_new)
     first_cls = np.flatnonzero(acc_new | pg_new | und_new)
     first_grp = np.flatnonzero(acc_new | pg_new)
     classes = pos.loc[first_cls, ["account_id", "product_group", "underlying"]].reset_index(drop=True)
     groups = pos.loc[first_grp, ["account_id", "product_group"]].reset_index(drop=True)
-    accounts = skeys.column("account_id").take(pa.array(np.flatnonzero(acc_new))).to_numpy().astype(object)
+    accounts = skeys["account_id"].take(pa.array(np.flatnonzero(acc_new))).to_numpy(zero_copy_only=False).astype(object)
     # validated: every kind is one of the three
     kind_code = pc.index_in(_arrow(pos["kind"]), value_set=pa.array(_KINDS)).to_numpy(zero_copy_only=False)
     kind_code = kind_code.astype(np.int8)
     is_opt = kind_code == 1
-    und = pc.index_in(skeys.column("underlying"), value_set=pa.array(np.asarray(und_names, dtype=object),
+    und = pc.index_in(skeys["underlying"], value_set=pa.array(np.asarray(und_names, dtype=object),
                                                                       type=pa.string()))
     und = pc.fill_null(und, -1).to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
     # distinct contracts on their pricing inputs (the underlying by its code)

@@ -196,6 +196,27 @@ def test_compute_returns_calls_and_plans_and_no_internal_keys():
     assert set(res["liquidation"]["account_id"]) == called  # every call has a plan (at least a step-0 row)
 
 
+def test_non_ascii_account_ids_are_matched_and_ordered_as_python_orders_them():
+    """Account ids are matched and sorted as Arrow bytes; UTF-8 bytes order as Python orders ``str``."""
+    pos, acc = random_book(5, n=12)
+    names = ["Zoë", "zebra", "Émile", "émile", "Ábc", "a", "ß-1", "日本", "😀", "Zo", "Z", "C010"]
+    rename = dict(zip(sorted(pos["account_id"].unique()), names))
+    pos["account_id"] = pos["account_id"].map(rename)
+    acc["account_id"] = acc["account_id"].map(lambda a: rename.get(a, a))
+    res = compute(pos, MARKET, acc, asof=ASOF, rate=RATE)
+    want = sorted(set(pos["account_id"]) | set(acc["account_id"]))
+    assert list(res["accounts"]["account_id"]) == want
+    undo = {v: k for k, v in rename.items()}
+    ref = compute(pos.assign(account_id=pos["account_id"].map(undo)), MARKET,
+                  acc.assign(account_id=acc["account_id"].map(lambda a: undo.get(a, a))), asof=ASOF, rate=RATE)
+    got = res["accounts"].set_index("account_id").sort_index()
+    exp = ref["accounts"].assign(account_id=ref["accounts"]["account_id"].map(lambda a: rename.get(a, a))) \
+        .set_index("account_id").sort_index()
+    pd.testing.assert_frame_equal(got, exp)  # the same figures, whatever the ids' spelling
+    assert set(res["margin_calls"]["account_id"]) <= set(want)
+    assert set(res["liquidation"]["account_id"]) == set(res["margin_calls"]["account_id"])
+
+
 @pytest.mark.parametrize("asof", ["2024-13-45", "not a date", None])
 def test_compute_with_an_unusable_asof_is_a_one_line_error(asof):
     pos, acc = random_book(3, n=12)

@@ -169,7 +169,7 @@ def test_tiny_vega_does_not_overflow_the_newton_step(xp):
 
 def _bad_prices(american: bool):
     """Prices that no volatility in [1e-4, 10] gives, each with its contract."""
-    s, k, t, r, q = 100.0, 100.0, 0.5, 0.05, 0.02
+    k, t, r, q = 100.0, 0.5, 0.05, 0.02
     dq, dr = np.exp(-q * t), np.exp(-r * t)
     if american:  # bounds: intrinsic S − K (K − S) below, S (K) above
         itm_call, itm_put, call_cap, put_cap = 30.0, 30.0, 130.0, 100.0
