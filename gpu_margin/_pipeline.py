@@ -165,27 +165,63 @@ def row_group_split(path: Path, account_id: pa.ChunkedArray, k: int) -> list[tup
     sizes = np.array([md.row_group(i).num_rows for i in range(n_rg)], dtype=np.int64)
     if int(sizes.sum()) != len(account_id):
         return None
-    enc = pc.dictionary_encode(pc.fill_null(account_id, ""))
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in enc.chunks]).astype(np.int64) \
-        if enc.num_chunks else np.zeros(0, np.int64)
+    ends = np.cumsum(sizes)
+    clean = _clean_boundaries((pc.fill_null(account_id, "") if account_id.null_count else account_id).combine_chunks(),
+                              sizes, ends)
+    if clean.size == 0:
+        return None
+    at = ends[clean - 1]  # rows before each clean boundary
+    cuts = sorted({int(clean[np.argmin(np.abs(at - j * ends[-1] / k))]) for j in range(1, k)})
+    bounds = [0, *cuts, n_rg]
+    return [((a, b), int(sizes[a:b].sum())) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _clean_boundaries(acc: pa.Array, sizes: np.ndarray, ends: np.ndarray, *, general: bool = False) -> np.ndarray:
+    """The row-group boundaries ``b`` (before row group ``b``, ``1 <= b < n_rg``) that no account spans.
+
+    A file whose accounts each come in one run of rows (files written account
+    by account) needs only a comparison of neighbours: a boundary is clean
+    where a new account starts. Otherwise (or with ``general``) each account's
+    first and last row group are found and the spans counted.
+    """
+    n_rg = sizes.size
+    starts = _run_starts(acc)
+    if not general and len(pc.unique(acc.filter(pa.array(starts)))) == int(starts.sum()):  # one run per account
+        return np.flatnonzero(starts[ends[:-1]]) + 1
+    enc = pc.dictionary_encode(acc)
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     rg = np.repeat(np.arange(n_rg), sizes)
     n_acc = int(codes.max()) + 1 if codes.size else 0
     lo = np.full(n_acc, n_rg, np.int64)
     hi = np.full(n_acc, -1, np.int64)
     np.minimum.at(lo, codes, rg)
     np.maximum.at(hi, codes, rg)
-    # boundary b (before row group b, 1 <= b < n_rg) is clean when no account has lo < b <= hi
+    # boundary b is clean when no account has lo < b <= hi
     span = np.zeros(n_rg + 1, np.int64)
     np.add.at(span, lo + 1, 1)
     np.add.at(span, hi + 1, -1)
-    clean = np.flatnonzero(np.cumsum(span)[1:n_rg] == 0) + 1
-    if clean.size == 0:
-        return None
-    ends = np.cumsum(sizes)
-    at = ends[clean - 1]  # rows before each clean boundary
-    cuts = sorted({int(clean[np.argmin(np.abs(at - j * ends[-1] / k))]) for j in range(1, k)})
-    bounds = [0, *cuts, n_rg]
-    return [((a, b), int(sizes[a:b].sum())) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return np.flatnonzero(np.cumsum(span)[1:n_rg] == 0) + 1
+
+
+def _run_starts(values: pa.Array) -> np.ndarray:
+    """``(n,) bool``: where a run of equal values starts (row 0 starts one; nulls compare as values)."""
+    n = len(values)
+    new = np.ones(n, dtype=bool)
+    if n > 1:
+        prev, nxt = values.slice(0, n - 1), values.slice(1)
+        if values.null_count == 0:
+            new[1:] = pc.not_equal(nxt, prev).to_numpy(zero_copy_only=False)
+        else:
+            same = pc.or_(pc.fill_null(pc.equal(nxt, prev), False), pc.and_(pc.is_null(nxt), pc.is_null(prev)))
+            new[1:] = ~same.to_numpy(zero_copy_only=False)
+    return new
+
+
+def distinct_accounts(ids: pa.ChunkedArray) -> pa.Array:
+    """The distinct non-null ids of a file in order of first appearance (``pc.unique``), hashing only
+    the first id of each run of equal ids (files written account by account have one run each)."""
+    arr = (ids.drop_null() if ids.null_count else ids).combine_chunks()
+    return pc.unique(arr.filter(pa.array(_run_starts(arr)))) if len(arr) else arr
 
 
 MIN_PARTITION_ROWS = 50_000  # below this a partition's fixed costs dominate: no split for parallelism
@@ -204,9 +240,10 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     duplicates = book_duplicates([k[1] for k in keys])
     rows = [len(a) for a in ids]
     total = sum(rows)
-    uniq = [pc.unique(a.drop_null()) for a in ids]
-    disjoint = sum(len(u) for u in uniq) == len(pc.unique(pa.chunked_array(uniq, type=pa.string()))) \
-        if uniq else True
+    uniq = [distinct_accounts(a) for a in ids]
+    # no account in two files: files each in account order with ranges apart, else a hash of them all
+    disjoint = _sorted_apart([pa.chunked_array([u], type=pa.string()) for u in uniq]) or \
+        sum(len(u) for u in uniq) == len(pc.unique(pa.chunked_array(uniq, type=pa.string())))
     workers = workers or os.cpu_count() or 1
     wanted = max(-(-total // partition_rows), min(workers, total // MIN_PARTITION_ROWS), 1)
     if n_partitions is None and disjoint and all(r <= partition_rows for r in rows) and len(files) >= wanted:

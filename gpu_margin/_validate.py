@@ -544,10 +544,12 @@ def _first_bad(
 
 def _check_key(df: pd.DataFrame, key: str, source: str, what: str) -> None:
     k = df[key]
-    blank = _bool(k.isna() | (k.str.strip() == ""))
+    blank = _blank(k)
     if blank.any():
         i = int(np.flatnonzero(blank)[0])
         raise InputFileError(f"{source}: column '{key}' is empty in row {i}; give every {what} row its {key}")
+    if len(pc.unique(_arrow_text(k))) == len(k):  # one hash pass in Arrow; the message needs pandas only if not
+        return
     dup = k.duplicated(keep=False)
     if dup.any():
         value = k[dup].iloc[0]

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -189,6 +190,37 @@ def test_row_group_split_cuts_only_where_no_account_spans(tmp_path):
     assert (1, 2) not in bounds and all(b != 2 for _, b in bounds[:-1])  # never between row groups 1 and 2
     assert sum(r[1] for r in ranges) == len(acc)
     assert row_group_split(tmp_path / "f.parquet", pa.chunked_array([pa.array(["Z"] * len(acc))]), 3) is None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clean_boundaries_of_files_written_account_by_account_need_no_hashing(seed):
+    """The neighbour test for files with one run per account finds the boundaries the span count finds."""
+    from gpu_margin._pipeline import _clean_boundaries
+
+    rng = np.random.default_rng(seed)
+    runs = rng.integers(1, 6, size=40)
+    names = [f"A{i:03d}" for i in rng.permutation(40)]  # one run each, not in order
+    acc = pa.array(np.repeat(names, runs).tolist())
+    run_starts = np.cumsum(runs)[:-1]
+    cuts = np.union1d(rng.choice(run_starts, size=3, replace=False), rng.choice(np.arange(1, len(acc)), size=4))
+    sizes = np.diff(np.r_[0, cuts, len(acc)])  # row groups: some cut between accounts, some inside one
+    ends = np.cumsum(sizes)
+    fast = _clean_boundaries(acc, sizes, ends)
+    assert fast.size and np.array_equal(fast, _clean_boundaries(acc, sizes, ends, general=True))
+    # an account that comes back later spans every boundary between its runs: the general count is used
+    back = pa.array(acc.to_pylist()[:-1] + [acc[0].as_py()])
+    want = _clean_boundaries(back, sizes, ends, general=True)
+    assert np.array_equal(_clean_boundaries(back, sizes, ends), want) and want.size < fast.size
+
+
+@pytest.mark.parametrize("values", [
+    ["B", "B", "A", "A", "C"], ["B", None, "B", "A", None, "A", "B"], [None, None], [], ["X"], ["A", "B", "A"],
+])
+def test_distinct_accounts_is_unique_in_order_of_first_appearance(values):
+    from gpu_margin._pipeline import distinct_accounts
+
+    ids = pa.chunked_array([pa.array(values[:2], pa.string()), pa.array(values[2:], pa.string())])
+    assert distinct_accounts(ids).to_pylist() == pc.unique(ids.drop_null()).to_pylist()
 
 
 def test_files_of_many_row_groups_are_split_by_row_groups(book_dir, tmp_path):
