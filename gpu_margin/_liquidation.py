@@ -160,7 +160,7 @@ def greedy_plans(engine: Any, calls: pd.DataFrame, pos: pd.DataFrame) -> pd.Data
     n_acc = acc_names.size
     nlv = calls.set_index("account_id")["nlv"].reindex(acc_names).to_numpy(np.float64)
     # called accounts without a valid position are not in the engine; they get a no-action row
-    orphan = calls[~calls["account_id"].isin(set(acc_names))]
+    orphan = calls[positions_in(arrow_strings(calls["account_id"]), acc_names) < 0]
     q0 = pos["quantity"].to_numpy(np.float64)
     mv0 = pos["market_value"].to_numpy(np.float64)
     pid = arrow_strings(pos["position_id"].astype(str))
