@@ -75,6 +75,7 @@ def compute(
 
     res["margin_calls"], res["liquidation"] = margin_calls_and_plans(
         res, meth, backend, asof=day, due_days=due_days)
+    res["regt_legs"] = res["regt_legs"].to_pandas()
     if "_scenario_pnl" in res:
         res["scenario_pnl"] = res["_scenario_pnl"].frame()
     return {k: v for k, v in res.items() if not k.startswith("_")}
@@ -96,6 +97,8 @@ def margin_frames(
 
     ``account_ids`` restricts the accounts reported (a partition reports its own
     accounts; ``None`` = every account of positions, rejects and ``acc``).
+    The tables are pandas frames except ``regt_legs``, the Arrow table of the
+    ``regt_legs`` output (:func:`gpu_margin._regt.regt_tables`).
     """
     und_names = np.sort(market["underlying"].to_numpy(dtype=object))
     book = prepare_book(valid, und_names)
@@ -146,9 +149,9 @@ def margin_frames(
     for col in PM_COLUMNS:
         pm[col] = np.nan_to_num(pm[col].astype(np.float64), nan=0.0) if col in pm else np.zeros(len(all_ids))
 
-    from ._regt import regt_requirements  # noqa: PLC0415
+    from ._regt import regt_tables  # noqa: PLC0415
 
-    regt_acc, regt_legs = regt_requirements(p)
+    regt_acc, regt_legs = regt_tables(p)  # the legs as the Arrow table the run writes
     r_at = positions_in(ids_pa, regt_acc["account_id"])
     out["regt_legs"] = regt_legs
 

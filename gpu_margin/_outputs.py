@@ -56,9 +56,11 @@ SORT_KEYS: dict[str, list[str]] = {
 }
 
 
-def to_table(name: str, df: pd.DataFrame) -> pa.Table:
-    """``df`` as an Arrow table of the named schema (columns selected and cast, nulls kept)."""
+def to_table(name: str, df: pd.DataFrame | pa.Table) -> pa.Table:
+    """``df`` (pandas, or Arrow) as an Arrow table of the named schema (columns selected and cast, nulls kept)."""
     schema = SCHEMAS[name]
+    if isinstance(df, pa.Table):
+        return df.select(schema.names).cast(schema)
     cols = []
     for f in schema:
         if f.name in df.columns:

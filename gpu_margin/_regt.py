@@ -104,6 +104,34 @@ def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd
                    want_legs=want_legs)
 
 
+def regt_tables(positions: pd.DataFrame) -> tuple[pd.DataFrame, pa.Table]:
+    """:func:`regt_requirements` with the legs as an Arrow table of the ``regt_legs`` output schema.
+
+    The same rows and numbers, already in the output's sort order (account,
+    position, strategy, partner), built from Arrow takes with no Python string
+    per leg: what the overnight run writes.
+    """
+    from ._outputs import SCHEMAS  # noqa: PLC0415
+
+    legs = _prepare(positions)
+    if legs.n == 0:
+        return _empty_result()[0], SCHEMAS["regt_legs"].empty_table()
+    parts, _ = _pairing(legs)
+    leg, partner, strat, pq, ri, rm = _sorted_rows(legs, parts)
+    leg_idx = pa.array(leg)
+    partner_idx = pa.array(np.maximum(partner, 0), mask=partner < 0)  # a null index takes a null
+    cols = {
+        "account_id": legs.acct_ids.take(leg_idx), "position_id": legs.pid.take(leg_idx),
+        "strategy": pa.array(STRATEGIES, type=pa.string()).take(pa.array(strat)),
+        "paired_with": legs.pid.take(partner_idx),
+        **{name: pa.array(x, type=pa.float64(), from_pandas=True)  # NaN is null, as in a pandas column
+           for name, x in (("paired_quantity", pq), ("regt_initial", ri), ("regt_maintenance", rm))},
+    }  # fmt: skip
+    schema = SCHEMAS["regt_legs"]
+    table = pa.Table.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
+    return _accounts_frame(legs, leg, ri, rm), table
+
+
 def prepare_legs(positions: pd.DataFrame) -> SimpleNamespace:
     """The positions prepared once for repeated :func:`maintenance_by_account` calls on parts of them.
 
@@ -731,12 +759,16 @@ def _output(
     """
     leg, partner, strat, pq, ri, rm = _sorted_rows(legs, parts)
     leg_frame = _leg_frame(legs, leg, partner, strat, pq, ri, rm, object_ids, object_strategy) if want_legs else None
+    return _accounts_frame(legs, leg, ri, rm), leg_frame
+
+
+def _accounts_frame(legs: SimpleNamespace, leg: np.ndarray, ri: np.ndarray, rm: np.ndarray) -> pd.DataFrame:
+    """Per account (sorted), the sums of its rows' requirements in row order."""
     sums = group_sum(legs.acct[leg], np.column_stack([ri, rm]), legs.n_acc)
-    accounts = pd.DataFrame({
+    return pd.DataFrame({
         "account_id": _str_column(legs.acct_names, False),
         "regt_initial": sums[:, 0], "regt_maintenance": sums[:, 1],
     })  # fmt: skip
-    return accounts, leg_frame
 
 
 def _sorted_rows(legs: SimpleNamespace, parts: list[tuple]) -> tuple[np.ndarray, ...]:

@@ -36,6 +36,17 @@ def assert_same(df: pd.DataFrame) -> None:
         for col in want.columns:  # strings and None exactly, also inside object columns
             if not pd.api.types.is_float_dtype(want[col].dtype):
                 assert got[col].tolist() == want[col].tolist(), col
+    assert_same_tables(df, got_acc, got_legs)
+
+
+def assert_same_tables(df: pd.DataFrame, acc: pd.DataFrame, legs: pd.DataFrame) -> None:
+    """``regt_tables`` (what the run writes): the same accounts, and the legs as the output table, in its order."""
+    from gpu_margin._outputs import SORT_KEYS, is_sorted, to_table
+
+    t_acc, t_legs = _regt.regt_tables(df)
+    pd.testing.assert_frame_equal(t_acc, acc, check_exact=True)
+    assert t_legs.equals(to_table("regt_legs", legs))
+    assert is_sorted(t_legs, SORT_KEYS["regt_legs"])
 
 
 def pipeline_positions(path) -> pd.DataFrame:
