@@ -125,7 +125,7 @@ def margin_frames(
     atype = pd.Series(_pick(acc_i["account_type"].to_numpy(dtype=object), at, None), index=all_ids,
                       dtype=acc_i["account_type"].dtype).fillna("portfolio")
     # per book account (positions are sorted by account: sums of runs), then on every reported account
-    held = positions_in(ids_pa, book.accounts)
+    held = positions_in(ids_pa, book.account_ids)
     acc_code = p["_acc"].to_numpy()
     acc_runs = np.flatnonzero(np.r_[True, acc_code[1:] != acc_code[:-1]]) if len(p) else np.zeros(0, np.int64)
     mv_acc = np.add.reduceat(p["market_value"].to_numpy(np.float64), acc_runs) if len(p) else np.zeros(0)
@@ -179,6 +179,7 @@ def margin_frames(
     out["rejects"] = rejects
     out["positions"] = p
     out["_book"] = book  # for margin calls and liquidation plans (not a table)
+    out["_account_ids"] = ids_pa  # the accounts table's ids as Arrow strings, in its row order
     return out
 
 

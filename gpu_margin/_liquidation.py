@@ -94,7 +94,7 @@ def liquidation_plans(res: dict[str, Any], calls: pd.DataFrame, meth: Methodolog
         if c.empty:
             continue
         called = np.zeros(len(book.accounts), dtype=bool)  # by the book's account codes (no string matching)
-        at = positions_in(arrow_strings(c["account_id"]), book.accounts)
+        at = positions_in(arrow_strings(c["account_id"]), book.account_ids)
         called[at[at >= 0]] = True
         rows = np.flatnonzero(called[pos["_acc"].to_numpy()])
         if rows.size == 0:  # called for negative cash alone: nothing to close
@@ -528,8 +528,9 @@ def _pm_engine(res: dict[str, Any], meth: Methodology, backend: Backend, rows: n
     """The grid (or joint-scenario) engine for the positions ``rows`` of ``res['_book']``."""
     book = res["_book"]
     p = book.pos.iloc[rows]
-    accounts, account = _accounts_of(book, rows)
-    at = positions_in(arrow_strings(accounts), res["accounts"]["account_id"])
+    codes, account = _accounts_of(book, rows)
+    accounts = book.accounts[codes]
+    at = positions_in(book.account_ids.take(codes), res["_account_ids"])  # rows of res["accounts"]
     nlv = np.where(at >= 0, res["accounts"]["nlv"].to_numpy(np.float64)[np.maximum(at, 0)], np.nan)
     q0 = p["quantity"].to_numpy(np.float64)
     if "_grid" in res:
@@ -763,14 +764,12 @@ def _components(underlying: np.ndarray, tracks: np.ndarray) -> np.ndarray:
 def _regt_engine(res: dict[str, Any], meth: Methodology, backend: Backend, rows: np.ndarray) -> RegTEngine:
     del meth, backend
     p = res["_book"].pos.iloc[rows].reset_index(drop=True)
-    accounts, account = _accounts_of(res["_book"], rows)
-    return RegTEngine(p, accounts, account)
+    codes, account = _accounts_of(res["_book"], rows)
+    return RegTEngine(p, res["_book"].accounts[codes], account)
 
 
 def _accounts_of(book: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The sorted distinct accounts of the book's positions ``rows`` (ids), and each row's index into them.
-
-    From the book's account codes (numbered in sorted order of the ids): no string is compared.
-    """
+    """The distinct accounts of the book's positions ``rows`` as book account codes (so in sorted order
+    of the ids), and each row's index into them: no string is compared."""
     codes, account = np.unique(book.pos["_acc"].to_numpy(np.int64)[rows], return_inverse=True)
-    return np.asarray(book.accounts, dtype=object)[codes], account.astype(np.int64)
+    return codes, account.astype(np.int64)

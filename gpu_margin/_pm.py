@@ -36,6 +36,7 @@ class Book:
     groups: pd.DataFrame  # account_id, product_group (one row per group)
     contracts: pd.DataFrame  # distinct option contracts
     und_names: np.ndarray
+    account_ids: pa.Array  # ``accounts`` as Arrow strings (matched without Python string hashing)
 
 
 _KINDS = np.array(["stock", "option", "future"])
@@ -117,7 +118,8 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
     first_grp = np.flatnonzero(acc_new | pg_new)
     classes = pos.loc[first_cls, ["account_id", "product_group", "underlying"]].reset_index(drop=True)
     groups = pos.loc[first_grp, ["account_id", "product_group"]].reset_index(drop=True)
-    accounts = skeys["account_id"].take(pa.array(np.flatnonzero(acc_new))).to_numpy(zero_copy_only=False).astype(object)
+    account_ids = skeys["account_id"].take(pa.array(np.flatnonzero(acc_new)))
+    accounts = account_ids.to_numpy(zero_copy_only=False).astype(object)
     # validated: every kind is one of the three
     kind_code = pc.index_in(_arrow(pos["kind"]), value_set=pa.array(_KINDS)).to_numpy(zero_copy_only=False)
     kind_code = kind_code.astype(np.int8)
@@ -142,7 +144,7 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
         _und=und,
     )
     contracts = contracts.assign(_und=und[opt_rows[first]])
-    return Book(pos, np.asarray(accounts, dtype=object), classes, groups, contracts, und_names)
+    return Book(pos, np.asarray(accounts, dtype=object), classes, groups, contracts, und_names, account_ids)
 
 
 def option_values(book: Book, table: ScenarioTable | None, backend: Backend) -> tuple[Any, Any]:
