@@ -151,7 +151,7 @@ def margin_frames(
 
     from ._regt import regt_tables  # noqa: PLC0415
 
-    regt_acc, regt_legs = regt_tables(p)  # the legs as the Arrow table the run writes
+    regt_acc, regt_legs, prepared = regt_tables(p)  # the legs as the Arrow table the run writes
     r_at = positions_in(ids_pa, regt_acc["account_id"])
     out["regt_legs"] = regt_legs
 
@@ -180,6 +180,7 @@ def margin_frames(
     out["positions"] = p
     out["_book"] = book  # for margin calls and liquidation plans (not a table)
     out["_account_ids"] = ids_pa  # the accounts table's ids as Arrow strings, in its row order
+    out["_regt_prepared"] = prepared  # the book's positions coded for Reg T reruns (rows in book order)
     return out
 
 

@@ -625,17 +625,25 @@ class RegTEngine:
     greedy step every account changes one component; the others stay put).
     """
 
-    def __init__(self, pos: pd.DataFrame, accounts: np.ndarray, account: np.ndarray) -> None:
-        from ._regt import REQUIRED_COLUMNS, prepare_legs  # noqa: PLC0415
+    def __init__(self, pos: pd.DataFrame, accounts: np.ndarray, account: np.ndarray,
+                 prepared: Any = None, rows: np.ndarray | None = None) -> None:
+        """``pos``: the positions; ``account``: each one's index into ``accounts``. ``prepared``, with
+        ``rows``: the positions as rows of legs already prepared (:func:`gpu_margin._regt.regt_tables`
+        of the whole book), so no string is coded again."""
+        from ._regt import REQUIRED_COLUMNS, prepare_legs, subset_legs  # noqa: PLC0415
 
         self.accounts, self.account = accounts, account.astype(np.int64)
         self.n_acc = len(accounts)
         self.base = pos.loc[:, list(REQUIRED_COLUMNS)].reset_index(drop=True)
-        self.legs = prepare_legs(self.base)  # strings coded once; every rerun takes rows of it
-        comp = _components(self.base["underlying"].to_numpy(object), self.base["tracks"].to_numpy(object))
+        if prepared is None:
+            self.legs = prepare_legs(self.base)  # strings coded once; every rerun takes rows of it
+        else:
+            self.legs = subset_legs(prepared, rows, self.base["quantity"].to_numpy(np.float64), self.account,
+                                    self.n_acc)
+        # components and classes from the legs' codes of the underlying and what it tracks (-1: nothing)
+        comp = _components(self.legs.und, np.where(self.legs.trk >= 0, self.legs.trk, -1))
         self.ck = pd.MultiIndex.from_arrays([self.account, comp]).factorize()[0].astype(np.int64)
-        self.cls_h = pd.MultiIndex.from_arrays([self.account, self.base["underlying"].to_numpy(object)]) \
-            .factorize()[0].astype(np.int64)
+        self.cls_h = pd.MultiIndex.from_arrays([self.account, self.legs.und]).factorize()[0].astype(np.int64)
         self.n_ck = int(self.ck.max()) + 1 if self.ck.size else 0
         self.ck_acc = np.zeros(self.n_ck, np.int64)
         self.ck_acc[self.ck] = self.account
@@ -742,8 +750,11 @@ class RegTEngine:
 
 
 def _components(underlying: np.ndarray, tracks: np.ndarray) -> np.ndarray:
-    """Component id per row: underlyings joined by ``tracks`` (an ETF and its index), union-find."""
-    names = pd.unique(np.concatenate([underlying, tracks[pd.notna(tracks)]]))
+    """Component id per row: underlyings joined by ``tracks`` (an ETF and its index), union-find.
+
+    Integer codes of the underlying and of what it tracks (-1: nothing), equal where the names are.
+    """
+    names = pd.unique(np.concatenate([underlying, tracks[tracks >= 0]]))
     parent = {u: u for u in names}
 
     def root(u: Any) -> Any:
@@ -752,7 +763,7 @@ def _components(underlying: np.ndarray, tracks: np.ndarray) -> np.ndarray:
             u = parent[u]
         return u
 
-    pairs = pd.DataFrame({"u": underlying, "t": tracks}).dropna().drop_duplicates()
+    pairs = pd.DataFrame({"u": underlying, "t": tracks})[tracks >= 0].drop_duplicates()
     for u, t in zip(pairs["u"], pairs["t"]):  # distinct (ETF, index) pairs, not positions
         ru, rt = root(u), root(t)
         if ru != rt:
@@ -765,7 +776,7 @@ def _regt_engine(res: dict[str, Any], meth: Methodology, backend: Backend, rows:
     del meth, backend
     p = res["_book"].pos.iloc[rows].reset_index(drop=True)
     codes, account = _accounts_of(res["_book"], rows)
-    return RegTEngine(p, res["_book"].accounts[codes], account)
+    return RegTEngine(p, res["_book"].accounts[codes], account, res.get("_regt_prepared"), rows)
 
 
 def _accounts_of(book: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

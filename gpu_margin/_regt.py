@@ -104,18 +104,19 @@ def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd
                    want_legs=want_legs)
 
 
-def regt_tables(positions: pd.DataFrame) -> tuple[pd.DataFrame, pa.Table]:
+def regt_tables(positions: pd.DataFrame) -> tuple[pd.DataFrame, pa.Table, SimpleNamespace]:
     """:func:`regt_requirements` with the legs as an Arrow table of the ``regt_legs`` output schema.
 
     The same rows and numbers, already in the output's sort order (account,
     position, strategy, partner), built from Arrow takes with no Python string
-    per leg: what the overnight run writes.
+    per leg: what the overnight run writes. Also returns the positions as
+    prepared for :func:`subset_legs` (what liquidation plans rerun on).
     """
     from ._outputs import SCHEMAS  # noqa: PLC0415
 
     legs = _prepare(positions)
     if legs.n == 0:
-        return _empty_result()[0], SCHEMAS["regt_legs"].empty_table()
+        return _empty_result()[0], SCHEMAS["regt_legs"].empty_table(), legs
     parts, _ = _pairing(legs)
     leg, partner, strat, pq, ri, rm = _sorted_rows(legs, parts)
     leg_idx = pa.array(leg)
@@ -129,7 +130,7 @@ def regt_tables(positions: pd.DataFrame) -> tuple[pd.DataFrame, pa.Table]:
     }  # fmt: skip
     schema = SCHEMAS["regt_legs"]
     table = pa.Table.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
-    return _accounts_frame(legs, leg, ri, rm), table
+    return _accounts_frame(legs, leg, ri, rm), table, legs
 
 
 def prepare_legs(positions: pd.DataFrame) -> SimpleNamespace:
@@ -157,7 +158,8 @@ def subset_legs(base: SimpleNamespace, idx: np.ndarray, qty: np.ndarray, account
     for name in _ROW_FIELDS:
         setattr(legs, name, getattr(base, name)[idx])
     _set_quantity(legs, np.asarray(qty, dtype=np.float64))
-    _set_order(legs, base.n)
+    legs.pid_bound = base.pid_bound  # pid_rank keeps the numbering of the legs first prepared
+    _set_order(legs, legs.pid_bound)
     return legs
 
 
@@ -325,7 +327,7 @@ def _prepare(positions: pd.DataFrame) -> SimpleNamespace:
     name_rank[name_order] = np.arange(n_acc, dtype=np.int64)
     acct0 = name_rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)] if n else np.zeros(0, np.int64)
 
-    legs = SimpleNamespace(n=n, n_acc=n_acc, acct=acct0, pid_rank=pid_rank)
+    legs = SimpleNamespace(n=n, n_acc=n_acc, acct=acct0, pid_rank=pid_rank, pid_bound=n)
     _set_order(legs, n)
     legs.acct_names = acct_names.take(pa.array(name_order))  # sorted account ids
     legs.pid = pid_arr
@@ -782,8 +784,8 @@ def _sorted_rows(legs: SimpleNamespace, parts: list[tuple]) -> tuple[np.ndarray,
     """
     leg, partner, strat, pq, ri, rm = (np.concatenate(c) for c in zip(*parts))
     rank = legs.rank[leg]
-    n = legs.n + 1
-    partner_rank = np.where(partner >= 0, legs.pid_rank[np.maximum(partner, 0)], legs.n)
+    n = legs.pid_bound + 1  # partner ranks are pid ranks (below pid_bound); no partner ranks last
+    partner_rank = np.where(partner >= 0, legs.pid_rank[np.maximum(partner, 0)], legs.pid_bound)
     strat_rank = _STRATEGY_RANK[strat]
     if legs.n * len(STRATEGIES) * n < _KEY_LIMIT:
         o = np.argsort((rank * len(STRATEGIES) + strat_rank) * n + partner_rank)

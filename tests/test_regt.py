@@ -526,3 +526,25 @@ def test_subset_legs_equal_a_fresh_pairing_of_the_pseudo_accounts(df, rnd):
     expect = np.zeros(n_keys + 1)
     expect[[int(a[1:]) for a in want["account_id"]]] = want["regt_maintenance"].to_numpy()
     np.testing.assert_array_equal(got, expect)
+
+
+def test_subset_legs_of_a_large_book_keep_the_output_row_order():
+    """Rows of legs prepared on a whole book keep that book's position_id ranks, which exceed the size of
+    a small subset: the rows of each leg still come in strategy then partner order, no partner last."""
+    from gpu_margin._regt import STRATEGIES, _pairing, _sorted_rows, prepare_legs, subset_legs
+
+    others = [stk(f"A{i:04d}", "XYZ", 10, 50.0, acct="B") for i in range(300)]  # ids ranked before Z*
+    mine = [opt("Z1", "XYZ", "C", 55, -3, 50.0, 1.0), opt("Z2", "XYZ", "C", 60, 2, 50.0, 0.5),
+            stk("Z3", "XYZ", 100, 50.0), opt("Z4", "XYZ", "P", 45, -2, 50.0, 0.8)]
+    df = frame(*others, *mine)
+    base = prepare_legs(df)
+    idx = np.arange(len(others), len(df))
+    legs = subset_legs(base, idx, df["quantity"].to_numpy()[idx], np.zeros(idx.size, np.int64), 1)
+    leg_i, partner, strat, *_ = _sorted_rows(legs, _pairing(legs)[0])
+    pid = df["position_id"].to_numpy(object)[idx]
+    rows = [(pid[a], STRATEGIES[s], pid[p] if p >= 0 else None) for a, p, s in zip(leg_i, partner, strat)]
+    assert any(a == b[0] for a, b in zip([r[0] for r in rows[1:]], rows)), rows  # a leg split over rows
+    assert rows == sorted(rows, key=lambda r: (r[0], r[1], r[2] is None, r[2] or ""))
+    fresh = _sorted_rows(prepare_legs(df.iloc[idx].reset_index(drop=True)), _pairing(
+        prepare_legs(df.iloc[idx].reset_index(drop=True)))[0])
+    assert [(pid[a], STRATEGIES[s]) for a, s in zip(fresh[0], fresh[2])] == [r[:2] for r in rows]

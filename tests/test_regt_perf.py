@@ -43,7 +43,7 @@ def assert_same_tables(df: pd.DataFrame, acc: pd.DataFrame, legs: pd.DataFrame) 
     """``regt_tables`` (what the run writes): the same accounts, and the legs as the output table, in its order."""
     from gpu_margin._outputs import SORT_KEYS, is_sorted, to_table
 
-    t_acc, t_legs = _regt.regt_tables(df)
+    t_acc, t_legs, _ = _regt.regt_tables(df)
     pd.testing.assert_frame_equal(t_acc, acc, check_exact=True)
     assert t_legs.equals(to_table("regt_legs", legs))
     assert is_sorted(t_legs, SORT_KEYS["regt_legs"])
