@@ -306,11 +306,13 @@ class Context:
     duplicates: dict[str, int] = field(default_factory=dict)  # position ids repeated in the book (usually none)
 
 
-_ACCOUNTS: dict[str, tuple[pd.DataFrame, pa.Array]] = {}
+_ACCOUNTS: dict[str, tuple[pd.DataFrame, pa.Array, bool]] = {}
 
 
-def accounts_table(ctx: Context) -> tuple[pd.DataFrame, pa.Array]:
-    """The run's accounts table and its ``account_id`` column as one Arrow array, read once per process.
+def accounts_table(ctx: Context) -> tuple[pd.DataFrame, pa.Array, bool]:
+    """The run's accounts table, its ``account_id`` column as one Arrow array, and whether the ids are in
+    ascending order (then a partition's accounts are found in the window of its smallest to largest id);
+    read once per process.
 
     The accounts table can be as long as the book has accounts, so it is not
     shipped inside every task: the process that plans the run holds it already,
@@ -325,12 +327,44 @@ def accounts_table(ctx: Context) -> tuple[pd.DataFrame, pa.Array]:
     return hit
 
 
-def remember_accounts(key: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, pa.Array]:
+def remember_accounts(key: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, pa.Array, bool]:
     from ._compute import arrow_strings  # noqa: PLC0415
 
     _ACCOUNTS.clear()
-    _ACCOUNTS[key] = (frame, arrow_strings(frame["account_id"]))
+    ids = arrow_strings(frame["account_id"])
+    n = len(ids)
+    ordered = ids.null_count == 0 and (n < 2 or pc.all(pc.less(ids.slice(0, n - 1), ids.slice(1))).as_py())
+    _ACCOUNTS[key] = (frame, ids, bool(ordered))
     return _ACCOUNTS[key]
+
+
+def rows_of_accounts(ids: pa.Array, ordered: bool, wanted: pa.Array) -> np.ndarray:
+    """Rows of the accounts ``ids`` (file order) whose id is one of ``wanted``.
+
+    With ``ordered`` ids only the rows between the smallest and the largest
+    wanted id are compared (a partition holds a slice of a book written in
+    account order), found by bisection; otherwise every row is.
+    """
+    lo, hi = 0, len(ids)
+    if ordered and len(wanted):
+        bounds = pc.min_max(wanted)
+        lo = _bisect(ids, bounds["min"].as_py(), right=False)
+        hi = _bisect(ids, bounds["max"].as_py(), right=True)
+    window = ids.slice(lo, max(hi - lo, 0))
+    return lo + np.flatnonzero(pc.is_in(window, value_set=wanted).to_numpy(zero_copy_only=False))
+
+
+def _bisect(ids: pa.Array, value: str, right: bool) -> int:
+    """``bisect_left`` (``bisect_right`` with ``right``) of ``value`` in the ascending strings ``ids``."""
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        v = ids[mid].as_py()
+        if v < value or (right and v == value):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _done_marker(ctx: Context, part: Partition) -> Path:
@@ -388,8 +422,8 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     meth = load_methodology(ctx.job.methodology)
     # the partition's accounts (rejected rows' too), matched in Arrow: no Python string per row
     ids = pc.unique(pc.drop_null(arrow_strings(pos["account_id"]))) if len(pos) else pa.array([], pa.string())
-    accounts, account_ids = accounts_table(ctx)
-    acc = accounts[pc.is_in(account_ids, value_set=ids).to_numpy(zero_copy_only=False)]
+    accounts, account_ids, ordered = accounts_table(ctx)
+    acc = accounts.take(rows_of_accounts(account_ids, ordered, ids))
     res = margin_frames(valid, rejects, ctx.market, acc, meth, backend, scenarios=ctx.scenarios,
                         multipliers=ctx.job.multipliers, account_ids=ids)
     t["margin"] = time.perf_counter() - t0

@@ -223,6 +223,23 @@ def test_distinct_accounts_is_unique_in_order_of_first_appearance(values):
     assert distinct_accounts(ids).to_pylist() == pc.unique(ids.drop_null()).to_pylist()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_rows_of_accounts_in_order_search_only_the_window_and_find_the_same_rows(seed):
+    from gpu_margin._pipeline import rows_of_accounts
+
+    rng = np.random.default_rng(seed)
+    names = sorted({f"{rng.choice(['A', 'b', 'É', 'z', '日'])}{i:03d}" for i in rng.integers(0, 500, 300)})
+    ids = pa.array(names)
+    wanted = pa.array(list(rng.choice(names, 20)) + ["not there", "A000", "日999"])
+    want = np.flatnonzero(np.isin(np.array(names, dtype=object), wanted.to_pylist()))
+    assert np.array_equal(rows_of_accounts(ids, True, wanted), want)
+    assert np.array_equal(rows_of_accounts(ids, False, wanted), want)
+    shuffled = rng.permutation(len(names))
+    got = rows_of_accounts(ids.take(pa.array(shuffled)), False, wanted)
+    assert sorted(shuffled[got].tolist()) == want.tolist()
+    assert rows_of_accounts(ids, True, pa.array([], pa.string())).size == 0
+
+
 def test_files_of_many_row_groups_are_split_by_row_groups(book_dir, tmp_path):
     """A file sorted by account with several row groups splits at row-group boundaries; same results."""
     from gpu_margin._pipeline import plan_partitions
