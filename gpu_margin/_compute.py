@@ -152,7 +152,8 @@ def margin_frames(
     from ._regt import regt_tables  # noqa: PLC0415
 
     regt_acc, regt_legs, prepared = regt_tables(p)  # the legs as the Arrow table the run writes
-    r_at = positions_in(ids_pa, regt_acc["account_id"])
+    # Reg T reports the book's accounts, in the book's order (both sorted ids of the same positions)
+    r_at = held if len(regt_acc) == len(book.accounts) else positions_in(ids_pa, regt_acc["account_id"])
     out["regt_legs"] = regt_legs
 
     n_rej = rejects.groupby("account_id").size().reindex(all_ids).fillna(0).astype(np.int64).to_numpy()
