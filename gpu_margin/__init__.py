@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
+    "compute",
     "DeviceError",
     "GpuMarginError",
     "InputFileError",
@@ -32,3 +33,11 @@ __all__ = [
     "option_price",
     "select_backend",
 ]
+
+
+def __getattr__(name: str):  # noqa: ANN202  (PEP 562: imported on first use, so the CLI starts fast)
+    if name == "compute":
+        from ._compute import compute  # noqa: PLC0415
+
+        return compute
+    raise AttributeError(f"module 'gpu_margin' has no attribute {name!r}")

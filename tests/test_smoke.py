@@ -7,7 +7,8 @@ import gpu_margin
 
 
 def test_public_names():
-    assert {"option_price", "implied_vol", "select_backend", "GpuMarginError"} <= set(gpu_margin.__all__)
+    assert {"option_price", "implied_vol", "compute", "select_backend", "GpuMarginError"} <= set(gpu_margin.__all__)
+    assert all(callable(getattr(gpu_margin, name)) for name in ("option_price", "implied_vol", "compute"))
 
 
 def test_cli_version_and_help():
