@@ -16,7 +16,6 @@ from ._pm import Book, grid_margin, kind_array, option_values, prepare_book, sce
 from ._scenarios import grid_table, joint_table
 
 
-
 def value_positions(book: Book, backend: Backend, v0: Any = None) -> pd.DataFrame:
     """Add ``value0`` (model value per unit) and ``market_value`` (signed, for NLV) to the book.
 
@@ -75,7 +74,9 @@ def compute(
 
     res["margin_calls"], res["liquidation"] = margin_calls_and_plans(
         res, meth, backend, asof=day, due_days=due_days)
-    res["regt_legs"] = res["regt_legs"].to_pandas()
+    from ._regt import legs_frame  # noqa: PLC0415
+
+    res["regt_legs"] = legs_frame(res["regt_legs"], res["_regt_prepared"])  # the frame regt_requirements gives
     if "_scenario_pnl" in res:
         res["scenario_pnl"] = res["_scenario_pnl"].frame()
     return {k: v for k, v in res.items() if not k.startswith("_")}
@@ -152,8 +153,9 @@ def margin_frames(
     from ._regt import regt_tables  # noqa: PLC0415
 
     regt_acc, regt_legs, prepared = regt_tables(p)  # the legs as the Arrow table the run writes
-    # Reg T reports the book's accounts, in the book's order (both sorted ids of the same positions)
-    r_at = held if len(regt_acc) == len(book.accounts) else positions_in(ids_pa, regt_acc["account_id"])
+    # Reg T reports the book's accounts, in the book's order (both the sorted ids of the same positions)
+    assert len(regt_acc) == len(book.accounts)
+    r_at = held
     out["regt_legs"] = regt_legs
 
     n_rej = rejects.groupby("account_id").size().reindex(all_ids).fillna(0).astype(np.int64).to_numpy()
@@ -186,24 +188,26 @@ def margin_frames(
 
 
 def arrow_strings(values: Any) -> pa.Array:
-    """Strings (a pandas column, NumPy or Python strings, or Arrow) as one Arrow ``string`` array.
+    """Strings (a pandas column, NumPy or Python strings, or Arrow) as one Arrow string array.
 
-    Zero-copy for Arrow-backed pandas columns. Sorting and matching ids on it
-    compares bytes, which orders UTF-8 strings as Python orders ``str``.
+    No copy for an Arrow-backed pandas column in one chunk (``string`` or
+    ``large_string``, as it is); Python strings are encoded. Sorting and
+    matching ids on it compares bytes, which orders UTF-8 strings as Python
+    orders ``str``.
     """
     arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, from_pandas=True)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    if pa.types.is_null(arr.type) or pa.types.is_large_string(arr.type):
+    if pa.types.is_null(arr.type):
         arr = arr.cast(pa.string())
-    if not pa.types.is_string(arr.type):
-        raise TypeError(f"account ids must be strings (got {arr.type})")
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        raise TypeError(f"ids must be strings (got {arr.type})")
     return arr
 
 
 def positions_in(values: pa.Array, keys: Any) -> np.ndarray:
     """Where each of ``values`` is in ``keys`` (``int64``; -1 where it is not)."""
-    found = pc.index_in(values, value_set=arrow_strings(keys))
+    found = pc.index_in(values, value_set=arrow_strings(keys).cast(values.type))
     return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
@@ -257,7 +261,6 @@ class ScenarioPnl:
 
     def arrow(self) -> "pa.Table":
         """The long form as Arrow with dictionary-encoded ids (no per-row Python objects)."""
-
         n, m = self.matrix.shape
         acc = pa.DictionaryArray.from_arrays(pa.array(np.repeat(np.arange(n, dtype=np.int32), m)),
                                              pa.array(self.accounts.astype(str), type=pa.string()))

@@ -356,3 +356,17 @@ def read_accounts(path: str | os.PathLike[str] | None) -> InputTable:
     label = str(files[0].path) if len(files) == 1 else str(path)
     frame = validate_accounts(to_frame(table), label)
     return InputTable(frame, tuple(files), _extras_note("accounts", extras), tuple(extras))
+
+
+def run_starts(values: pa.Array) -> np.ndarray:
+    """``(n,) bool``: where a run of equal values starts (row 0 starts one; two nulls are equal)."""
+    n = len(values)
+    new = np.ones(n, dtype=bool)
+    if n > 1:
+        prev, nxt = values.slice(0, n - 1), values.slice(1)
+        if values.null_count == 0:
+            new[1:] = pc.not_equal(nxt, prev).to_numpy(zero_copy_only=False)
+        else:
+            same = pc.or_(pc.fill_null(pc.equal(nxt, prev), False), pc.and_(pc.is_null(nxt), pc.is_null(prev)))
+            new[1:] = ~same.to_numpy(zero_copy_only=False)
+    return new

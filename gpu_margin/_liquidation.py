@@ -641,7 +641,7 @@ class RegTEngine:
             self.legs = subset_legs(prepared, rows, self.base["quantity"].to_numpy(np.float64), self.account,
                                     self.n_acc)
         # components and classes from the legs' codes of the underlying and what it tracks (-1: nothing)
-        comp = _components(self.legs.und, np.where(self.legs.trk >= 0, self.legs.trk, -1))
+        comp = _components(self.legs.und, self.legs.trk)
         self.ck = pd.MultiIndex.from_arrays([self.account, comp]).factorize()[0].astype(np.int64)
         self.cls_h = pd.MultiIndex.from_arrays([self.account, self.legs.und]).factorize()[0].astype(np.int64)
         self.n_ck = int(self.ck.max()) + 1 if self.ck.size else 0

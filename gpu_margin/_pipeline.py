@@ -185,8 +185,10 @@ def _clean_boundaries(acc: pa.Array, sizes: np.ndarray, ends: np.ndarray, *, gen
     first and last row group are found and the spans counted.
     """
     n_rg = sizes.size
-    starts = _run_starts(acc)
-    if not general and len(pc.unique(acc.filter(pa.array(starts)))) == int(starts.sum()):  # one run per account
+    from ._io import run_starts  # noqa: PLC0415
+
+    starts = np.r_[run_starts(acc), True]  # a boundary at the end of the rows (empty row groups after) is clean
+    if not general and len(pc.unique(acc.filter(pa.array(starts[:-1])))) == int(starts[:-1].sum()):  # one run each
         return np.flatnonzero(starts[ends[:-1]]) + 1
     enc = pc.dictionary_encode(acc)
     codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -203,25 +205,13 @@ def _clean_boundaries(acc: pa.Array, sizes: np.ndarray, ends: np.ndarray, *, gen
     return np.flatnonzero(np.cumsum(span)[1:n_rg] == 0) + 1
 
 
-def _run_starts(values: pa.Array) -> np.ndarray:
-    """``(n,) bool``: where a run of equal values starts (row 0 starts one; nulls compare as values)."""
-    n = len(values)
-    new = np.ones(n, dtype=bool)
-    if n > 1:
-        prev, nxt = values.slice(0, n - 1), values.slice(1)
-        if values.null_count == 0:
-            new[1:] = pc.not_equal(nxt, prev).to_numpy(zero_copy_only=False)
-        else:
-            same = pc.or_(pc.fill_null(pc.equal(nxt, prev), False), pc.and_(pc.is_null(nxt), pc.is_null(prev)))
-            new[1:] = ~same.to_numpy(zero_copy_only=False)
-    return new
-
-
 def distinct_accounts(ids: pa.ChunkedArray) -> pa.Array:
     """The distinct non-null ids of a file in order of first appearance (``pc.unique``), hashing only
     the first id of each run of equal ids (files written account by account have one run each)."""
+    from ._io import run_starts  # noqa: PLC0415
+
     arr = (ids.drop_null() if ids.null_count else ids).combine_chunks()
-    return pc.unique(arr.filter(pa.array(_run_starts(arr)))) if len(arr) else arr
+    return pc.unique(arr.filter(pa.array(run_starts(arr)))) if len(arr) else arr
 
 
 MIN_PARTITION_ROWS = 50_000  # below this a partition's fixed costs dominate: no split for parallelism
@@ -351,7 +341,8 @@ def rows_of_accounts(ids: pa.Array, ordered: bool, wanted: pa.Array) -> np.ndarr
         lo = _bisect(ids, bounds["min"].as_py(), right=False)
         hi = _bisect(ids, bounds["max"].as_py(), right=True)
     window = ids.slice(lo, max(hi - lo, 0))
-    return lo + np.flatnonzero(pc.is_in(window, value_set=wanted).to_numpy(zero_copy_only=False))
+    found = pc.is_in(window, value_set=wanted.cast(ids.type))
+    return lo + np.flatnonzero(found.to_numpy(zero_copy_only=False))
 
 
 def _bisect(ids: pa.Array, value: str, right: bool) -> int:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._backend import Backend
+from ._io import run_starts
 from ._methodology import Methodology
 from ._scenarios import ScenarioTable, grid_table
 from .kernels import forward_price, price_grid, segment_sum
@@ -58,17 +59,6 @@ def _arrow(s: pd.Series) -> pa.Array:
     """A column as one Arrow array (zero-copy for Arrow-backed columns)."""
     arr = pa.array(s, from_pandas=True)
     return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-
-
-def _run_starts(col: pa.Array) -> np.ndarray:
-    """Where each run of equal values of a sorted column starts: ``(n,) bool`` (row 0 starts one)."""
-    n = len(col)
-    new = np.ones(n, dtype=bool)
-    if n > 1:
-        same = pc.equal(col.slice(1), col.slice(0, n - 1))
-        both_null = pc.and_(pc.is_null(col.slice(1)), pc.is_null(col.slice(0, n - 1)))
-        new[1:] = ~pc.or_(pc.fill_null(same, False), both_null).to_numpy(zero_copy_only=False)
-    return new
 
 
 def _runs(*starts: np.ndarray) -> np.ndarray:
@@ -111,7 +101,7 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
         else np.zeros(0, np.int64)
     pos = pos.take(order).reset_index(drop=True)
     skeys = {c: _arrow(pos[c]) for c in key_cols[:3]}  # the sorted keys (zero-copy from Arrow-backed columns)
-    acc_new, pg_new, und_new = (_run_starts(skeys[c]) for c in key_cols[:3])
+    acc_new, pg_new, und_new = (run_starts(skeys[c]) for c in key_cols[:3])
     cls_codes = _runs(acc_new, pg_new, und_new)
     grp_codes = _runs(acc_new, pg_new)
     first_cls = np.flatnonzero(acc_new | pg_new | und_new)

@@ -99,9 +99,10 @@ def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd
         acc, leg_frame = _empty_result()
         return acc, leg_frame if want_legs else None
     parts, empty_pair_part = _pairing(legs)
-    standalone_empty = parts[-1][0].size == 0
-    return _output(legs, parts, object_ids=empty_pair_part or standalone_empty, object_strategy=empty_pair_part,
-                   want_legs=want_legs)
+    _note_dtypes(legs, parts, empty_pair_part)
+    leg, partner, strat, pq, ri, rm = _sorted_rows(legs, parts)
+    frame = legs_frame(_legs_table(legs, leg, partner, strat, pq, ri, rm), legs) if want_legs else None
+    return _accounts_frame(legs, leg, ri, rm), frame
 
 
 def regt_tables(positions: pd.DataFrame) -> tuple[pd.DataFrame, pa.Table, SimpleNamespace]:
@@ -110,15 +111,54 @@ def regt_tables(positions: pd.DataFrame) -> tuple[pd.DataFrame, pa.Table, Simple
     The same rows and numbers, already in the output's sort order (account,
     position, strategy, partner), built from Arrow takes with no Python string
     per leg: what the overnight run writes. Also returns the positions as
-    prepared for :func:`subset_legs` (what liquidation plans rerun on).
+    prepared for :func:`subset_legs` (what liquidation plans rerun on), which
+    :func:`legs_frame` needs to turn the table into :func:`regt_requirements`' frame.
     """
-    from ._outputs import SCHEMAS  # noqa: PLC0415
-
     legs = _prepare(positions)
     if legs.n == 0:
-        return _empty_result()[0], SCHEMAS["regt_legs"].empty_table(), legs
-    parts, _ = _pairing(legs)
+        return _empty_result()[0], _legs_schema().empty_table(), legs
+    parts, empty_pair_part = _pairing(legs)
+    _note_dtypes(legs, parts, empty_pair_part)
     leg, partner, strat, pq, ri, rm = _sorted_rows(legs, parts)
+    return _accounts_frame(legs, leg, ri, rm), _legs_table(legs, leg, partner, strat, pq, ri, rm), legs
+
+
+def legs_frame(table: pa.Table, prepared: SimpleNamespace) -> pd.DataFrame:
+    """The legs frame of :func:`regt_requirements` from the table of :func:`regt_tables` (same columns,
+    order, dtypes; ``paired_with`` is ``None`` for a leg margined alone)."""
+    if prepared.n == 0:
+        return _empty_result()[1]
+    object_ids, object_strategy = prepared.object_ids, prepared.object_strategy
+
+    def col(name: str) -> pa.Array:
+        return table.column(name).combine_chunks()
+
+    return pd.DataFrame({
+        "position_id": _str_column(col("position_id"), object_ids),
+        "account_id": _str_column(col("account_id"), object_ids),
+        "strategy": _str_column(col("strategy"), object_strategy),
+        "paired_with": pd.Series(col("paired_with").to_numpy(zero_copy_only=False), dtype=object, copy=False),
+        **{name: col(name).to_numpy(zero_copy_only=False).astype(np.float64)
+           for name in ("paired_quantity", "regt_initial", "regt_maintenance")},
+    })  # fmt: skip
+
+
+def _note_dtypes(legs: SimpleNamespace, parts: list[tuple], empty_pair_part: bool) -> None:
+    """Which string columns the legs frame has always given as ``object`` (not ``str``): the ids when a
+    pass ranked candidates but formed none or no leg is left standalone, the strategy in the first case."""
+    legs.object_ids = empty_pair_part or parts[-1][0].size == 0
+    legs.object_strategy = empty_pair_part
+
+
+def _legs_schema() -> pa.Schema:
+    from ._outputs import SCHEMAS  # noqa: PLC0415
+
+    return SCHEMAS["regt_legs"]
+
+
+def _legs_table(legs: SimpleNamespace, leg: np.ndarray, partner: np.ndarray, strat: np.ndarray, pq: np.ndarray,
+                ri: np.ndarray, rm: np.ndarray) -> pa.Table:
+    """The sorted output rows as the ``regt_legs`` table: Arrow takes of the ids, no Python strings."""
     leg_idx = pa.array(leg)
     partner_idx = pa.array(np.maximum(partner, 0), mask=partner < 0)  # a null index takes a null
     cols = {
@@ -128,9 +168,8 @@ def regt_tables(positions: pd.DataFrame) -> tuple[pd.DataFrame, pa.Table, Simple
         **{name: pa.array(x, type=pa.float64(), from_pandas=True)  # NaN is null, as in a pandas column
            for name, x in (("paired_quantity", pq), ("regt_initial", ri), ("regt_maintenance", rm))},
     }  # fmt: skip
-    schema = SCHEMAS["regt_legs"]
-    table = pa.Table.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
-    return _accounts_frame(legs, leg, ri, rm), table, legs
+    schema = _legs_schema()
+    return pa.Table.from_arrays([cols[f.name].cast(f.type) for f in schema], schema=schema)
 
 
 def prepare_legs(positions: pd.DataFrame) -> SimpleNamespace:
@@ -751,19 +790,6 @@ def _standalone_parts(
             legs.sign[keep] * r, stand_i[keep] * r, stand_m[keep] * r)  # fmt: skip
 
 
-def _output(
-    legs: SimpleNamespace, parts: list[tuple], *, object_ids: bool, object_strategy: bool, want_legs: bool = True
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Sort the row blocks (see :func:`_sorted_rows`) and build the two frames.
-
-    The ``object_*`` flags give the column dtypes the frames have always had when a
-    block was empty (``object`` instead of ``str``).
-    """
-    leg, partner, strat, pq, ri, rm = _sorted_rows(legs, parts)
-    leg_frame = _leg_frame(legs, leg, partner, strat, pq, ri, rm, object_ids, object_strategy) if want_legs else None
-    return _accounts_frame(legs, leg, ri, rm), leg_frame
-
-
 def _accounts_frame(legs: SimpleNamespace, leg: np.ndarray, ri: np.ndarray, rm: np.ndarray) -> pd.DataFrame:
     """Per account (sorted), the sums of its rows' requirements in row order."""
     sums = group_sum(legs.acct[leg], np.column_stack([ri, rm]), legs.n_acc)
@@ -827,26 +853,6 @@ def _group_sum_loop():
     import numba  # noqa: PLC0415
 
     return numba.njit(cache=True, nogil=True)(_group_sum_py)
-
-
-def _leg_frame(legs: SimpleNamespace, leg: np.ndarray, partner: np.ndarray, strat: np.ndarray, pq: np.ndarray,
-               ri: np.ndarray, rm: np.ndarray, object_ids: bool, object_strategy: bool) -> pd.DataFrame:
-    """The legs frame of :func:`regt_requirements` from the sorted output rows."""
-    n_rows = leg.shape[0]
-    position_id = _str_column(legs.pid.take(pa.array(leg)), object_ids)
-    account_id = _str_column(legs.acct_ids.take(pa.array(leg)), object_ids)
-    strategy = _str_column(pa.array(STRATEGIES, type=pa.large_string()).take(pa.array(strat)), object_strategy)
-    has = partner >= 0
-    paired_with = np.full(n_rows, None, dtype=object)
-    if has.any():
-        paired_with[has] = legs.pid.take(pa.array(partner[has])).to_numpy(zero_copy_only=False)
-    leg_frame = pd.DataFrame({
-        "position_id": position_id, "account_id": account_id, "strategy": strategy,
-        "paired_with": pd.Series(paired_with, dtype=object, copy=False),
-        "paired_quantity": pq.astype(np.float64), "regt_initial": ri.astype(np.float64),
-        "regt_maintenance": rm.astype(np.float64),
-    })  # fmt: skip
-    return leg_frame
 
 
 def _str_column(arr: pa.Array, as_object: bool):

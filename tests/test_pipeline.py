@@ -213,6 +213,22 @@ def test_clean_boundaries_of_files_written_account_by_account_need_no_hashing(se
     assert np.array_equal(_clean_boundaries(back, sizes, ends), want) and want.size < fast.size
 
 
+@pytest.mark.parametrize("sizes", [[2, 2, 0], [0, 2, 2], [2, 0, 2], [0, 4, 0, 0], [1, 0, 1, 2, 0]])
+def test_clean_boundaries_with_empty_row_groups(sizes, tmp_path):
+    """Empty row groups (a writer's last empty batch) anywhere: the same cuts as the span count, no error."""
+    from gpu_margin._pipeline import _clean_boundaries, plan_partitions
+
+    acc = pa.array(["A", "A", "B", "C"])
+    sizes = np.array(sizes)
+    ends = np.cumsum(sizes)
+    assert np.array_equal(_clean_boundaries(acc, sizes, ends), _clean_boundaries(acc, sizes, ends, general=True))
+    pos = pd.DataFrame({"account_id": acc.to_pylist(), "x": np.arange(4)})
+    (tmp_path / "p").mkdir()
+    _write_row_groups(pos, tmp_path / "p" / "f.parquet", sizes.tolist())
+    plan = plan_partitions(tmp_path / "p", partition_rows=2)
+    assert sum(p.n_rows for p in plan.partitions) == 4
+
+
 @pytest.mark.parametrize("values", [
     ["B", "B", "A", "A", "C"], ["B", None, "B", "A", None, "A", "B"], [None, None], [], ["X"], ["A", "B", "A"],
 ])
@@ -303,6 +319,22 @@ def test_resume_after_a_crash_gives_the_clean_result(book_dir, tmp_path):
     res = _pipeline.run_job(job, resume=True, n_partitions=4, progress=False)
     assert res.manifest["partitions"]["resumed"] == len(finished)
     assert_equal_results(clean, tmp_path / "crash")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_compute_gives_the_legs_frame_of_regt_requirements(seed):
+    """compute() returns the Reg T legs as regt_requirements builds them (columns, dtypes, None partners),
+    although the run itself keeps them as the Arrow table it writes."""
+    from gpu_margin import compute
+    from gpu_margin._regt import regt_requirements
+
+    pos, market, accounts = random_book(n_accounts=12, seed=seed)
+    res = compute(pos, market, accounts, asof="2024-03-15", rate=0.05, methodology="house")
+    want = regt_requirements(res["positions"])[1]
+    pd.testing.assert_frame_equal(res["regt_legs"], want, check_exact=True)
+    assert list(want.columns[:4]) == ["position_id", "account_id", "strategy", "paired_with"]
+    alone = res["regt_legs"]["paired_with"].isna()
+    assert alone.any() and all(v is None for v in res["regt_legs"]["paired_with"][alone])
 
 
 def test_numpy_and_array_api_strict_agree():
