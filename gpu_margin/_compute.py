@@ -152,7 +152,7 @@ def margin_frames(
 
     from ._regt import regt_tables  # noqa: PLC0415
 
-    regt_acc, regt_legs, prepared = regt_tables(p)  # the legs as the Arrow table the run writes
+    regt_acc, regt_legs, prepared = regt_tables(p, book=True)  # the legs as the Arrow table the run writes
     # Reg T reports the book's accounts, in the book's order (both the sorted ids of the same positions)
     assert len(regt_acc) == len(book.accounts)
     r_at = held

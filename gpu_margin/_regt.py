@@ -105,7 +105,7 @@ def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd
     return _accounts_frame(legs, leg, ri, rm), frame
 
 
-def regt_tables(positions: pd.DataFrame) -> tuple[pd.DataFrame, pa.Table, SimpleNamespace]:
+def regt_tables(positions: pd.DataFrame, book: bool = False) -> tuple[pd.DataFrame, pa.Table, SimpleNamespace]:
     """:func:`regt_requirements` with the legs as an Arrow table of the ``regt_legs`` output schema.
 
     The same rows and numbers, already in the output's sort order (account,
@@ -113,8 +113,9 @@ def regt_tables(positions: pd.DataFrame) -> tuple[pd.DataFrame, pa.Table, Simple
     per leg: what the overnight run writes. Also returns the positions as
     prepared for :func:`subset_legs` (what liquidation plans rerun on), which
     :func:`legs_frame` needs to turn the table into :func:`regt_requirements`' frame.
+    ``book``: ``positions`` is a prepared book's frame, whose codes are used (see :func:`_prepare`).
     """
-    legs = _prepare(positions)
+    legs = _prepare(positions, book=book)
     if legs.n == 0:
         return _empty_result()[0], _legs_schema().empty_table(), legs
     parts, empty_pair_part = _pairing(legs)
@@ -328,13 +329,19 @@ def _greedy_loop():
 # preparation
 
 
-def _prepare(positions: pd.DataFrame) -> SimpleNamespace:
+def _prepare(positions: pd.DataFrame, book: bool = False) -> SimpleNamespace:
     """Check the columns; sort by (account, position); code the strings; per-unit amounts.
 
     Returns NumPy arrays in the row order of ``positions``: integer codes for
     the strings (``acct`` numbers the accounts in sorted order), the numbers of
     the formulas, ``rank`` (each row's place in (account, position_id) order),
     and the ``position_id`` / account id strings (Arrow) for the output.
+
+    ``book``: ``positions`` is a prepared book's frame (``_pm.prepare_book``):
+    rows in account order with their account codes in ``_acc`` and kinds in
+    ``_kind``, position ids unique (validation rejected repeats). Those codes
+    are used instead of coding the strings again, and ``pid_rank`` orders the
+    ids within each account only, which is all it is compared on.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in positions.columns]
     if missing:
@@ -346,29 +353,39 @@ def _prepare(positions: pd.DataFrame) -> SimpleNamespace:
     pid_arr = _arrow_strings(_as_str(positions["position_id"]))
     acct_arr = _arrow_strings(_as_str(positions["account_id"]))
 
-    # position_id order (also finds duplicates: equal ids are adjacent there)
-    by_pid = pc.sort_indices(pid_arr).to_numpy().astype(np.int64)
-    if pid_arr.null_count > 1:
-        _raise_duplicate(positions)
-    if n > 1:
-        s = pid_arr.take(pa.array(by_pid))
-        if pc.any(pc.equal(s.slice(1), s.slice(0, n - 1))).as_py():
-            _raise_duplicate(positions)
     pid_rank = np.empty(n, dtype=np.int64)
+    if book:
+        acct0 = positions["_acc"].to_numpy(np.int64)
+        n_acc = int(acct0[-1]) + 1 if n else 0
+        first = np.flatnonzero(np.r_[True, acct0[1:] != acct0[:-1]]) if n else np.zeros(0, np.int64)
+        sorted_names = acct_arr.take(pa.array(first))  # the book is in account order
+        # (account, position_id) order: the ids are compared within an account only
+        by_pid = pc.sort_indices(pa.table({"a": acct0, "p": pid_arr}),
+                                 sort_keys=[("a", "ascending"), ("p", "ascending")]).to_numpy().astype(np.int64)
+    else:
+        # position_id order (also finds duplicates: equal ids are adjacent there)
+        by_pid = pc.sort_indices(pid_arr).to_numpy().astype(np.int64)
+        if pid_arr.null_count > 1:
+            _raise_duplicate(positions)
+        if n > 1:
+            s = pid_arr.take(pa.array(by_pid))
+            if pc.any(pc.equal(s.slice(1), s.slice(0, n - 1))).as_py():
+                _raise_duplicate(positions)
+        # accounts: codes in sorted order of the ids
+        enc = pc.dictionary_encode(acct_arr)
+        acct_names = enc.dictionary
+        n_acc = len(acct_names)
+        name_order = pc.sort_indices(acct_names).to_numpy().astype(np.int64)
+        name_rank = np.empty(n_acc, dtype=np.int64)
+        name_rank[name_order] = np.arange(n_acc, dtype=np.int64)
+        acct0 = name_rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)] if n \
+            else np.zeros(0, np.int64)
+        sorted_names = acct_names.take(pa.array(name_order))
     pid_rank[by_pid] = np.arange(n, dtype=np.int64)
-
-    # accounts: codes in sorted order of the ids
-    enc = pc.dictionary_encode(acct_arr)
-    acct_names = enc.dictionary
-    n_acc = len(acct_names)
-    name_order = pc.sort_indices(acct_names).to_numpy().astype(np.int64)
-    name_rank = np.empty(n_acc, dtype=np.int64)
-    name_rank[name_order] = np.arange(n_acc, dtype=np.int64)
-    acct0 = name_rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)] if n else np.zeros(0, np.int64)
 
     legs = SimpleNamespace(n=n, n_acc=n_acc, acct=acct0, pid_rank=pid_rank, pid_bound=n)
     _set_order(legs, n)
-    legs.acct_names = acct_names.take(pa.array(name_order))  # sorted account ids
+    legs.acct_names = sorted_names  # sorted account ids
     legs.pid = pid_arr
     legs.acct_ids = acct_arr
 
@@ -379,13 +396,17 @@ def _prepare(positions: pd.DataFrame) -> SimpleNamespace:
     legs.und = np.where(both[:n] < 0, n_und, both[:n])
     legs.trk = both[n:]  # the underlying code of what an ETF tracks, -1: none
 
-    kind_codes, kinds = _factorize([positions["kind"]], values=True)
+    if book:  # the book's kind codes (stock 0, option 1, future 2)
+        kind_code = positions["_kind"].to_numpy()
+        legs.option, legs.stock, legs.future = kind_code == 1, kind_code == 0, kind_code == 2
+    else:
+        kind_codes, kinds = _factorize([positions["kind"]], values=True)
 
-    def kind_is(name: str) -> np.ndarray:
-        lut = np.array([k == name for k in kinds] + [False], dtype=bool)
-        return lut[kind_codes]
+        def kind_is(name: str) -> np.ndarray:
+            lut = np.array([k == name for k in kinds] + [False], dtype=bool)
+            return lut[kind_codes]
 
-    legs.option, legs.stock, legs.future = kind_is("option"), kind_is("stock"), kind_is("future")
+        legs.option, legs.stock, legs.future = kind_is("option"), kind_is("stock"), kind_is("future")
 
     grp_codes, groups = _factorize([positions["product_group"]], values=True)
     pct = np.array([NAKED_PCT.get(u, np.nan) if isinstance(u, str) else np.nan for u in groups] + [np.nan])

@@ -86,6 +86,17 @@ def book_20k(tmp_path_factory):
 def test_synthetic_book_20k_seed3(book_20k):
     assert len(book_20k) > 19000
     assert_same(book_20k)
+    assert_same_with_book_codes(book_20k)
+
+
+def assert_same_with_book_codes(book_pos: pd.DataFrame) -> None:
+    """A prepared book's frame coded from its account and kind codes gives the same tables and legs."""
+    acc, table, legs = _regt.regt_tables(book_pos)
+    b_acc, b_table, b_legs = _regt.regt_tables(book_pos, book=True)
+    pd.testing.assert_frame_equal(b_acc, acc, check_exact=True)
+    assert b_table.equals(table)
+    for name in ("acct", "rank", "pos", "option", "stock", "future"):
+        assert np.array_equal(getattr(b_legs, name), getattr(legs, name)), name
 
 
 def test_synthetic_book_shuffled_and_as_object_columns(book_20k):
@@ -100,7 +111,9 @@ def test_small_synthetic_books(tmp_path, seed):
     from gpu_margin._synth import write_book
 
     write_book(tmp_path / "book", 3000, seed=seed)
-    assert_same(pipeline_positions(tmp_path / "book"))
+    book_pos = pipeline_positions(tmp_path / "book")
+    assert_same(book_pos)
+    assert_same_with_book_codes(book_pos)
 
 
 @pytest.mark.skipif(not os.environ.get("GPU_MARGIN_REGT_200K"), reason="set GPU_MARGIN_REGT_200K=1 (slow)")
