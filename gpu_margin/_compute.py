@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._backend import Backend, select_backend
+from ._io import arrow_strings, positions_in
 from ._methodology import Methodology, load_methodology
 from ._pm import Book, grid_margin, kind_array, option_values, prepare_book, scenario_pnl_by_account
 from ._scenarios import grid_table, joint_table
@@ -153,13 +154,13 @@ def margin_frames(
     from ._regt import regt_tables  # noqa: PLC0415
 
     regt_acc, regt_legs, prepared = regt_tables(p, book=True)  # the legs as the Arrow table the run writes
-    # Reg T reports the book's accounts, in the book's order (both the sorted ids of the same positions)
+    # Reg T reports the book's accounts in the book's order (both the sorted ids of the same positions),
+    # so the book's indexer ``held`` places its rows too
     assert len(regt_acc) == len(book.accounts)
-    r_at = held
     out["regt_legs"] = regt_legs
 
     n_rej = rejects.groupby("account_id").size().reindex(all_ids).fillna(0).astype(np.int64).to_numpy()
-    regt_m = _pick(regt_acc["regt_maintenance"].to_numpy(np.float64), r_at, 0.0)
+    regt_m = _pick(regt_acc["regt_maintenance"].to_numpy(np.float64), held, 0.0)
     is_regt = (atype == "regt").to_numpy()
     requirement = np.where(is_regt, regt_m, pm["pm_requirement"])
     nlv_h = nlv.to_numpy(np.float64)
@@ -169,7 +170,7 @@ def margin_frames(
         "account_type": atype.to_numpy(),
         "pm_requirement": pm["pm_requirement"],
         **{col: pm[col] for col in PM_COLUMNS[:-1]},
-        "regt_initial": _pick(regt_acc["regt_initial"].to_numpy(np.float64), r_at, 0.0),
+        "regt_initial": _pick(regt_acc["regt_initial"].to_numpy(np.float64), held, 0.0),
         "regt_maintenance": regt_m,
         "nlv": nlv_h,
         "requirement": requirement,
@@ -185,30 +186,6 @@ def margin_frames(
     out["_account_ids"] = ids_pa  # the accounts table's ids as Arrow strings, in its row order
     out["_regt_prepared"] = prepared  # the book's positions coded for Reg T reruns (rows in book order)
     return out
-
-
-def arrow_strings(values: Any) -> pa.Array:
-    """Strings (a pandas column, NumPy or Python strings, or Arrow) as one Arrow string array.
-
-    No copy for an Arrow-backed pandas column in one chunk (``string`` or
-    ``large_string``, as it is); Python strings are encoded. Sorting and
-    matching ids on it compares bytes, which orders UTF-8 strings as Python
-    orders ``str``.
-    """
-    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, from_pandas=True)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if pa.types.is_null(arr.type):
-        arr = arr.cast(pa.string())
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        raise TypeError(f"ids must be strings (got {arr.type})")
-    return arr
-
-
-def positions_in(values: pa.Array, keys: Any) -> np.ndarray:
-    """Where each of ``values`` is in ``keys`` (``int64``; -1 where it is not)."""
-    found = pc.index_in(values, value_set=arrow_strings(keys).cast(values.type))
-    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _missing_as_nan(labels: np.ndarray | None, n: int) -> pd.Series:

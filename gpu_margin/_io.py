@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import numpy as np
@@ -370,3 +371,34 @@ def run_starts(values: pa.Array) -> np.ndarray:
             same = pc.or_(pc.fill_null(pc.equal(nxt, prev), False), pc.and_(pc.is_null(nxt), pc.is_null(prev)))
             new[1:] = ~same.to_numpy(zero_copy_only=False)
     return new
+
+
+def strictly_increasing(values: pa.Array | pa.ChunkedArray) -> bool:
+    """Whether every value is below the next and none is missing (vacuously true below two values):
+    one comparison per row, the cheap test that ids written in order are distinct."""
+    n = len(values)
+    return n < 2 or bool(pc.all(pc.less(values.slice(0, n - 1), values.slice(1)), skip_nulls=False).as_py())
+
+
+def arrow_strings(values: Any) -> pa.Array:
+    """Strings (a pandas column, NumPy or Python strings, or Arrow) as one Arrow string array.
+
+    No copy for an Arrow-backed pandas column in one chunk (``string`` or
+    ``large_string``, as it is); Python strings are encoded. Sorting and
+    matching ids on it compares bytes, which orders UTF-8 strings as Python
+    orders ``str``.
+    """
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_null(arr.type):
+        arr = arr.cast(pa.string())
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        raise TypeError(f"ids must be strings (got {arr.type})")
+    return arr
+
+
+def positions_in(values: pa.Array, keys: Any) -> np.ndarray:
+    """Where each of ``values`` is in ``keys`` (``int64``; -1 where it is not)."""
+    found = pc.index_in(values, value_set=arrow_strings(keys).cast(values.type))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False).astype(np.int64)

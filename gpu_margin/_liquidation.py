@@ -53,7 +53,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from ._backend import Backend
-from ._compute import arrow_strings, positions_in
+from ._io import arrow_strings, positions_in
 from ._methodology import Methodology
 from ._pm import kind_array
 from .kernels import segment_sum
@@ -625,21 +625,16 @@ class RegTEngine:
     greedy step every account changes one component; the others stay put).
     """
 
-    def __init__(self, pos: pd.DataFrame, accounts: np.ndarray, account: np.ndarray,
-                 prepared: Any = None, rows: np.ndarray | None = None) -> None:
-        """``pos``: the positions; ``account``: each one's index into ``accounts``. ``prepared``, with
-        ``rows``: the positions as rows of legs already prepared (:func:`gpu_margin._regt.regt_tables`
-        of the whole book), so no string is coded again."""
-        from ._regt import REQUIRED_COLUMNS, prepare_legs, subset_legs  # noqa: PLC0415
+    def __init__(self, pos: pd.DataFrame, accounts: np.ndarray, account: np.ndarray, prepared: Any,
+                 rows: np.ndarray) -> None:
+        """``pos``: the positions; ``account``: each one's index into ``accounts``; ``prepared``: the
+        legs of the whole book as :func:`gpu_margin._regt.regt_tables` prepared them, of which the
+        positions are the ``rows``: every rerun takes rows of them, with no string coded again."""
+        from ._regt import subset_legs  # noqa: PLC0415
 
         self.accounts, self.account = accounts, account.astype(np.int64)
         self.n_acc = len(accounts)
-        self.base = pos.loc[:, list(REQUIRED_COLUMNS)].reset_index(drop=True)
-        if prepared is None:
-            self.legs = prepare_legs(self.base)  # strings coded once; every rerun takes rows of it
-        else:
-            self.legs = subset_legs(prepared, rows, self.base["quantity"].to_numpy(np.float64), self.account,
-                                    self.n_acc)
+        self.legs = subset_legs(prepared, rows, pos["quantity"].to_numpy(np.float64), self.account, self.n_acc)
         # components and classes from the legs' codes of the underlying and what it tracks (-1: nothing)
         comp = _components(self.legs.und, self.legs.trk)
         self.ck = pd.MultiIndex.from_arrays([self.account, comp]).factorize()[0].astype(np.int64)
@@ -647,7 +642,7 @@ class RegTEngine:
         self.n_ck = int(self.ck.max()) + 1 if self.ck.size else 0
         self.ck_acc = np.zeros(self.n_ck, np.int64)
         self.ck_acc[self.ck] = self.account
-        n = len(self.base)
+        n = len(pos)
         self._q: np.ndarray | None = None  # the holdings comp_req is for
         self.comp_req = np.zeros(self.n_ck)  # requirement of every component at holdings _q
         self._pending = np.zeros(self.n_ck, dtype=bool)  # components whose comp_req is out of date
@@ -655,7 +650,7 @@ class RegTEngine:
         self._close_ok = np.zeros(n, dtype=bool)  # ... still valid (its component unchanged since)
 
     def _run(self, idx: np.ndarray, qty: np.ndarray, key: np.ndarray, n_keys: int) -> np.ndarray:
-        """Maintenance requirement per key of the rows ``idx`` of ``base`` holding ``qty``, ``(n_keys,)``."""
+        """Maintenance requirement per key of the engine's positions ``idx`` holding ``qty``, ``(n_keys,)``."""
         from ._regt import maintenance_by_account, subset_legs  # noqa: PLC0415
 
         keep = qty != 0.0  # a position may be under several keys (pseudo-accounts)
@@ -776,7 +771,7 @@ def _regt_engine(res: dict[str, Any], meth: Methodology, backend: Backend, rows:
     del meth, backend
     p = res["_book"].pos.iloc[rows].reset_index(drop=True)
     codes, account = _accounts_of(res["_book"], rows)
-    return RegTEngine(p, res["_book"].accounts[codes], account, res.get("_regt_prepared"), rows)
+    return RegTEngine(p, res["_book"].accounts[codes], account, res["_regt_prepared"], rows)
 
 
 def _accounts_of(book: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -139,12 +139,14 @@ def _sorted_apart(columns: list[pa.ChunkedArray]) -> bool:
     Then no id repeats, found with one comparison per id instead of hashing
     every id (files written in id order, as books usually are, pass).
     """
+    from ._io import strictly_increasing  # noqa: PLC0415
+
     ranges = []
     for c in columns:
         n = len(c)
         if n == 0:
             continue
-        if n > 1 and not pc.all(pc.less(c.slice(0, n - 1), c.slice(1))).as_py():
+        if not strictly_increasing(c):
             return False
         ranges.append((c[0].as_py(), c[n - 1].as_py()))
     ranges.sort()
@@ -184,9 +186,9 @@ def _clean_boundaries(acc: pa.Array, sizes: np.ndarray, ends: np.ndarray, *, gen
     where a new account starts. Otherwise (or with ``general``) each account's
     first and last row group are found and the spans counted.
     """
-    n_rg = sizes.size
     from ._io import run_starts  # noqa: PLC0415
 
+    n_rg = sizes.size
     starts = np.r_[run_starts(acc), True]  # a boundary at the end of the rows (empty row groups after) is clean
     if not general and len(pc.unique(acc.filter(pa.array(starts[:-1])))) == int(starts[:-1].sum()):  # one run each
         return np.flatnonzero(starts[ends[:-1]]) + 1
@@ -318,13 +320,11 @@ def accounts_table(ctx: Context) -> tuple[pd.DataFrame, pa.Array, bool]:
 
 
 def remember_accounts(key: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, pa.Array, bool]:
-    from ._compute import arrow_strings  # noqa: PLC0415
+    from ._io import arrow_strings, strictly_increasing  # noqa: PLC0415
 
     _ACCOUNTS.clear()
     ids = arrow_strings(frame["account_id"])
-    n = len(ids)
-    ordered = ids.null_count == 0 and (n < 2 or pc.all(pc.less(ids.slice(0, n - 1), ids.slice(1))).as_py())
-    _ACCOUNTS[key] = (frame, ids, bool(ordered))
+    _ACCOUNTS[key] = (frame, ids, strictly_increasing(ids))
     return _ACCOUNTS[key]
 
 
@@ -394,7 +394,8 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     """Margin one partition and write its part files; returns counts and stage timings."""
     from ._backend import select_backend  # noqa: PLC0415
     from ._calls import margin_calls_and_plans  # noqa: PLC0415
-    from ._compute import arrow_strings, margin_frames  # noqa: PLC0415
+    from ._compute import margin_frames  # noqa: PLC0415
+    from ._io import arrow_strings  # noqa: PLC0415
     from ._methodology import load_methodology  # noqa: PLC0415
     from ._validate import validate_positions  # noqa: PLC0415
 

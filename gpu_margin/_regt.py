@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._exceptions import InputFileError
+from ._io import arrow_strings
 
 __all__ = ["greedy_match", "regt_requirements"]
 
@@ -350,8 +351,8 @@ def _prepare(positions: pd.DataFrame, book: bool = False) -> SimpleNamespace:
             "pass the validated positions frame with market columns joined"
         )
     n = len(positions)
-    pid_arr = _arrow_strings(_as_str(positions["position_id"]))
-    acct_arr = _arrow_strings(_as_str(positions["account_id"]))
+    pid_arr = arrow_strings(_as_str(positions["position_id"]))
+    acct_arr = arrow_strings(_as_str(positions["account_id"]))
 
     pid_rank = np.empty(n, dtype=np.int64)
     if book:
@@ -515,16 +516,6 @@ def _large_strings(series: pd.Series) -> pa.Array:
     if pa.types.is_large_string(arr.type):
         return arr
     raise TypeError(f"not strings: {arr.type}")
-
-
-def _arrow_strings(series: pd.Series) -> pa.Array:
-    """A string column as one Arrow string array (zero-copy for pandas' ``str`` dtype)."""
-    arr = pa.array(series, from_pandas=True)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = arr.cast(pa.large_string())
-    return arr
 
 
 def _raise_duplicate(positions: pd.DataFrame) -> None:

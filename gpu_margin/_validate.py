@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._exceptions import InputFileError, JobError
-from ._io import conform_table, frame_to_table, to_frame
+from ._io import conform_table, frame_to_table, strictly_increasing, to_frame
 from ._schema import (
     ACCOUNT_COLUMNS,
     ACCOUNT_TYPES,
@@ -144,9 +144,7 @@ def _unique(s: pd.Series) -> bool:
     cheaper than ``duplicated``, which is left for the (rare) duplicates.
     """
     arr = _arrow_text(s)
-    if pc.all(pc.less(arr[:-1], arr[1:]), skip_nulls=False).as_py():  # None (not True) with a missing value
-        return True
-    return len(arr.unique()) == len(arr)
+    return strictly_increasing(arr) or len(arr.unique()) == len(arr)
 
 
 def _is_text(dtype: Any) -> bool:
