@@ -373,6 +373,32 @@ def run_starts(values: pa.Array) -> np.ndarray:
     return new
 
 
+def is_sorted(table: pa.Table, keys: list[str]) -> bool:
+    """Whether the rows are in ascending order of ``keys`` (nulls last, as ``sort_by`` puts them).
+
+    One pass of comparisons between neighbouring rows (far cheaper than a
+    sort): the tables a partition writes mostly come out of the engine in
+    order already, and position files are often written in account order.
+    """
+    n = table.num_rows
+    if n < 2:
+        return True
+    tied = pa.array(np.ones(n - 1, dtype=bool))  # rows equal on every key so far
+    for key in keys:
+        col = table.column(key)
+        prev, nxt = col.slice(0, n - 1), col.slice(1)
+        p_null, n_null = pc.is_null(prev), pc.is_null(nxt)
+        # nxt < prev: a value after a null, or both present and smaller
+        before = pc.or_(pc.and_(p_null, pc.invert(n_null)), pc.fill_null(pc.less(nxt, prev), False))
+        if pc.any(pc.and_(tied, before)).as_py():
+            return False
+        same = pc.or_(pc.and_(p_null, n_null), pc.fill_null(pc.equal(nxt, prev), False))
+        tied = pc.and_(tied, same)
+        if not pc.any(tied).as_py():
+            return True
+    return True
+
+
 def strictly_increasing(values: pa.Array | pa.ChunkedArray) -> bool:
     """Whether every value is below the next and none is missing (vacuously true below two values):
     one comparison per row, the cheap test that ids written in order are distinct."""

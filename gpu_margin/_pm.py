@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._backend import Backend
-from ._io import run_starts
+from ._io import is_sorted, run_starts
 from ._methodology import Methodology
 from ._scenarios import ScenarioTable, grid_table
 from .kernels import forward_price, price_grid, segment_sum
@@ -91,15 +91,18 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
     """Sort and index validated positions (SPEC 3 columns as produced by validation).
 
     Positions are ordered by account, product group, underlying and position id
-    (one Arrow sort on the four string columns); classes and groups are runs of
+    (one Arrow sort on the four string columns, skipped when one pass over
+    neighbouring rows finds them in that order already); classes and groups are runs of
     that order; option contracts are deduplicated on their pricing inputs.
     """
     n = len(pos)
     key_cols = ("account_id", "product_group", "underlying", "position_id")
     keys = pa.table({c: _arrow(pos[c]) for c in key_cols})
-    order = pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in key_cols]).to_numpy() if n \
-        else np.zeros(0, np.int64)
-    pos = pos.take(order).reset_index(drop=True)
+    if is_sorted(keys, list(key_cols)):  # a file written in this order: no sort, no copy of the rows
+        pos = pos.reset_index(drop=True)
+    else:
+        pos = pos.take(pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in key_cols]).to_numpy())
+        pos = pos.reset_index(drop=True)
     skeys = {c: _arrow(pos[c]) for c in key_cols[:3]}  # the sorted keys (zero-copy from Arrow-backed columns)
     acc_new, pg_new, und_new = (run_starts(skeys[c]) for c in key_cols[:3])
     cls_codes = _runs(acc_new, pg_new, und_new)

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._exceptions import InputFileError
-from ._io import arrow_strings
+from ._io import arrow_strings, is_sorted
 
 __all__ = ["greedy_match", "regt_requirements"]
 
@@ -361,8 +361,12 @@ def _prepare(positions: pd.DataFrame, book: bool = False) -> SimpleNamespace:
         first = np.flatnonzero(np.r_[True, acct0[1:] != acct0[:-1]]) if n else np.zeros(0, np.int64)
         sorted_names = acct_arr.take(pa.array(first))  # the book is in account order
         # (account, position_id) order: the ids are compared within an account only
-        by_pid = pc.sort_indices(pa.table({"a": acct0, "p": pid_arr}),
-                                 sort_keys=[("a", "ascending"), ("p", "ascending")]).to_numpy().astype(np.int64)
+        acc_pid = pa.table({"a": acct0, "p": pid_arr})
+        if is_sorted(acc_pid, ["a", "p"]):  # ids in order within each account already: one pass says so
+            by_pid = np.arange(n, dtype=np.int64)
+        else:
+            by_pid = pc.sort_indices(acc_pid, sort_keys=[("a", "ascending"), ("p", "ascending")]).to_numpy()
+            by_pid = by_pid.astype(np.int64)
     else:
         # position_id order (also finds duplicates: equal ids are adjacent there)
         by_pid = pc.sort_indices(pid_arr).to_numpy().astype(np.int64)

@@ -341,3 +341,29 @@ def test_fused_class_pnl_is_the_segment_sum_of_position_pnl(seed, preset):
     np.testing.assert_array_equal(class_pnl(sb, tables[0], v0, v, CPU, n_s),
                                   segment_sum(position_pnl(sb, tables[0], v0, v, CPU),
                                               sb.pos["_cls"].to_numpy(np.int64), n_s))
+
+
+@pytest.mark.parametrize("seed", [4, 9])
+def test_prepare_book_of_rows_in_book_order_is_the_book_of_shuffled_rows(seed):
+    """Rows already in (account, product group, underlying, position id) order skip the sort; the book
+    is the same as for the same rows in any other order."""
+    import pyarrow as pa
+
+    from gpu_margin._io import is_sorted
+
+    rng = np.random.default_rng(seed)
+    und = np.sort(MARKET["underlying"].to_numpy(object))
+    rows = book(_random_rows(rng, n=80), MARKET)
+    keys = ["account_id", "product_group", "underlying", "position_id"]
+    shuffled = rows.iloc[rng.permutation(len(rows))].reset_index(drop=True)
+    want = prepare_book(shuffled, und)
+    in_order = want.pos[rows.columns]
+    assert not is_sorted(pa.Table.from_pandas(shuffled[keys], preserve_index=False), keys)
+    assert is_sorted(pa.Table.from_pandas(in_order[keys], preserve_index=False), keys)
+    for given in (rows, in_order):
+        got = prepare_book(given, und)
+        pd.testing.assert_frame_equal(got.pos, want.pos)
+        for name in ("classes", "groups", "contracts"):
+            pd.testing.assert_frame_equal(getattr(got, name), getattr(want, name))
+        assert got.accounts.tolist() == want.accounts.tolist()
+        assert got.account_ids.equals(want.account_ids)
