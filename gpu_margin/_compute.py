@@ -153,7 +153,8 @@ def margin_frames(
 
     from ._regt import regt_tables  # noqa: PLC0415
 
-    regt_acc, regt_legs, prepared = regt_tables(p, book=True)  # the legs as the Arrow table the run writes
+    # the legs as the Arrow table the run writes
+    regt_acc, regt_legs, prepared = regt_tables(p, book=True, und_names=book.und_names)
     # Reg T reports the book's accounts in the book's order (both the sorted ids of the same positions),
     # so the book's indexer ``held`` places its rows too
     assert len(regt_acc) == len(book.accounts)

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._exceptions import InputFileError
-from ._io import arrow_strings, is_sorted
+from ._io import arrow_strings, is_sorted, positions_in
 
 __all__ = ["greedy_match", "regt_requirements"]
 
@@ -106,7 +106,8 @@ def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd
     return _accounts_frame(legs, leg, ri, rm), frame
 
 
-def regt_tables(positions: pd.DataFrame, book: bool = False) -> tuple[pd.DataFrame, pa.Table, SimpleNamespace]:
+def regt_tables(positions: pd.DataFrame, book: bool = False,
+                und_names: np.ndarray | None = None) -> tuple[pd.DataFrame, pa.Table, SimpleNamespace]:
     """:func:`regt_requirements` with the legs as an Arrow table of the ``regt_legs`` output schema.
 
     The same rows and numbers, already in the output's sort order (account,
@@ -114,9 +115,10 @@ def regt_tables(positions: pd.DataFrame, book: bool = False) -> tuple[pd.DataFra
     per leg: what the overnight run writes. Also returns the positions as
     prepared for :func:`subset_legs` (what liquidation plans rerun on), which
     :func:`legs_frame` needs to turn the table into :func:`regt_requirements`' frame.
-    ``book``: ``positions`` is a prepared book's frame, whose codes are used (see :func:`_prepare`).
+    ``book``: ``positions`` is a prepared book's frame, whose codes are used (see :func:`_prepare`);
+    ``und_names``: that book's underlying names (``Book.und_names``), which its ``_und`` codes index.
     """
-    legs = _prepare(positions, book=book)
+    legs = _prepare(positions, book=book, und_names=und_names)
     if legs.n == 0:
         return _empty_result()[0], _legs_schema().empty_table(), legs
     parts, empty_pair_part = _pairing(legs)
@@ -330,7 +332,7 @@ def _greedy_loop():
 # preparation
 
 
-def _prepare(positions: pd.DataFrame, book: bool = False) -> SimpleNamespace:
+def _prepare(positions: pd.DataFrame, book: bool = False, und_names: np.ndarray | None = None) -> SimpleNamespace:
     """Check the columns; sort by (account, position); code the strings; per-unit amounts.
 
     Returns NumPy arrays in the row order of ``positions``: integer codes for
@@ -342,7 +344,9 @@ def _prepare(positions: pd.DataFrame, book: bool = False) -> SimpleNamespace:
     rows in account order with their account codes in ``_acc`` and kinds in
     ``_kind``, position ids unique (validation rejected repeats). Those codes
     are used instead of coding the strings again, and ``pid_rank`` orders the
-    ids within each account only, which is all it is compared on.
+    ids within each account only, which is all it is compared on. With the
+    book's ``und_names`` its ``_und`` codes are the underlying's codes too,
+    and what an ETF tracks is looked up among the same names.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in positions.columns]
     if missing:
@@ -396,10 +400,16 @@ def _prepare(positions: pd.DataFrame, book: bool = False) -> SimpleNamespace:
 
     # the other string columns as integer codes (-1: missing); underlying and
     # tracks share theirs, a missing underlying has its own (as in a merge)
-    both, n_und = _factorize([positions["underlying"], positions["tracks"]])
+    if book and und_names is not None and "_und" in positions.columns:
+        n_und = len(und_names)
+        und = positions["_und"].to_numpy(np.int64)  # place in und_names, -1: not a market underlying
+        trk = positions_in(arrow_strings(positions["tracks"]), np.asarray(und_names, dtype=object))
+    else:
+        both, n_und = _factorize([positions["underlying"], positions["tracks"]])
+        und, trk = both[:n], both[n:]
     legs.n_und = n_und + 1
-    legs.und = np.where(both[:n] < 0, n_und, both[:n])
-    legs.trk = both[n:]  # the underlying code of what an ETF tracks, -1: none
+    legs.und = np.where(und < 0, n_und, und)
+    legs.trk = trk  # the underlying code of what an ETF tracks, -1: none
 
     if book:  # the book's kind codes (stock 0, option 1, future 2)
         kind_code = positions["_kind"].to_numpy()
@@ -773,7 +783,9 @@ def _rank(
         [-save_i[ok], edges.tie1[ok], edges.tie2[ok]], [(legs.pos[ia], legs.n_pos), (legs.pos[ib], legs.n_pos)]
     )
     take = ok[order]
-    return SimpleNamespace(**{k: v[take] for k, v in vars(edges).items() if k not in ("tie1", "tie2")})
+    # what the greedy walks, in rank order; the amounts are taken later for the formed pairs only
+    return SimpleNamespace(ia=ia[order], ib=ib[order], rb=rb[take], integral=edges.integral[take],
+                           take=take, src=edges)
 
 
 # --------------------------------------------------------------------------- #
@@ -781,11 +793,13 @@ def _rank(
 
 
 def _pair_parts(edges: SimpleNamespace, t: np.ndarray, q: np.ndarray, sign: np.ndarray) -> list[tuple]:
-    """Two row blocks (one per side) for the formed pairs ``t``; amounts per pair unit times units."""
-    ia, ib, strat = edges.ia[t], edges.ib[t], edges.strat[t]
+    """Two row blocks (one per side) for the formed pairs ``t`` of ranked candidates (:func:`_rank`);
+    amounts per pair unit times units."""
+    src, e = edges.take[t], edges.src
+    ia, ib, strat = edges.ia[t], edges.ib[t], e.strat[src]
     qb = q * edges.rb[t]
-    side_a = (ia, ib, strat, sign[ia] * q, edges.ca_i[t] * q, edges.ca_m[t] * q)
-    side_b = (ib, ia, strat, sign[ib] * qb, edges.cb_i[t] * q, edges.cb_m[t] * q)
+    side_a = (ia, ib, strat, sign[ia] * q, e.ca_i[src] * q, e.ca_m[src] * q)
+    side_b = (ib, ia, strat, sign[ib] * qb, e.cb_i[src] * q, e.cb_m[src] * q)
     return [side_a, side_b]
 
 

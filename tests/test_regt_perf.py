@@ -66,6 +66,7 @@ def pipeline_positions(path) -> pd.DataFrame:
     )  # fmt: skip
     acc = read_accounts(path / job["accounts"]).frame
     res = margin_frames(valid, rejects, market, acc, load_methodology(job["methodology"]), select_backend("cpu"))
+    res["positions"].attrs["und_names"] = tuple(res["_book"].und_names)  # what its ``_und`` codes index
     return res["positions"]
 
 
@@ -92,11 +93,20 @@ def test_synthetic_book_20k_seed3(book_20k):
 def assert_same_with_book_codes(book_pos: pd.DataFrame) -> None:
     """A prepared book's frame coded from its account and kind codes gives the same tables and legs."""
     acc, table, legs = _regt.regt_tables(book_pos)
-    b_acc, b_table, b_legs = _regt.regt_tables(book_pos, book=True)
-    pd.testing.assert_frame_equal(b_acc, acc, check_exact=True)
-    assert b_table.equals(table)
-    for name in ("acct", "rank", "pos", "option", "stock", "future"):
-        assert np.array_equal(getattr(b_legs, name), getattr(legs, name)), name
+    und_names = book_pos.attrs["und_names"]
+    for names in (None, und_names):  # the book's underlying codes too
+        b_acc, b_table, b_legs = _regt.regt_tables(book_pos, book=True, und_names=names)
+        pd.testing.assert_frame_equal(b_acc, acc, check_exact=True)
+        assert b_table.equals(table)
+        for name in ("acct", "rank", "pos", "option", "stock", "future"):
+            assert np.array_equal(getattr(b_legs, name), getattr(legs, name)), name
+        # the same underlying and ETF links, whatever the numbering
+        for x, y in ((b_legs.und, legs.und), (b_legs.trk, legs.trk)):
+            assert np.array_equal(x < 0, y < 0)
+        pairs = np.unique(np.column_stack([b_legs.und, legs.und]), axis=0)
+        assert len(np.unique(pairs[:, 0])) == len(np.unique(pairs[:, 1])) == len(pairs)
+        linked = legs.trk >= 0
+        assert np.array_equal(np.isin(b_legs.trk[linked], b_legs.und), np.isin(legs.trk[linked], legs.und))
 
 
 def test_synthetic_book_shuffled_and_as_object_columns(book_20k):
