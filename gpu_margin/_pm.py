@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._backend import Backend
-from ._io import is_sorted, run_starts
+from ._io import is_sorted, run_starts, strictly_increasing
 from ._methodology import Methodology
 from ._scenarios import ScenarioTable, grid_table
 from .kernels import forward_price, price_grid, segment_sum
@@ -87,22 +87,80 @@ def _contract_codes(columns: list[np.ndarray]) -> np.ndarray:
     return pd.factorize(key)[0].astype(np.int64)
 
 
+def _sort_ranks(values: pa.Array) -> tuple[np.ndarray, int]:
+    """Order-preserving ``int64`` codes of ``values`` (equal values equal codes, missing last) and their bound."""
+    enc = pc.dictionary_encode(values)
+    names = enc.dictionary
+    n_names = len(names)
+    rank = np.empty(n_names + 1, dtype=np.int64)
+    rank[pc.sort_indices(names).to_numpy()] = np.arange(n_names, dtype=np.int64)
+    rank[n_names] = n_names  # a missing value sorts last, as in Arrow's sort
+    return rank[pc.fill_null(enc.indices, n_names).to_numpy(zero_copy_only=False).astype(np.int64)], n_names + 1
+
+
+def book_order(pos: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
+    """The rows in book order (account, product group, underlying, position id) and each book row's rank
+    in (account, position id) order (what Reg T ties and output rows follow).
+
+    Position files are usually written account by account with ids in order
+    (one pass over neighbouring rows says so): then both orders come from
+    integer keys, the accounts' runs ranked by one sort of the distinct ids,
+    with no string sort of the rows. Otherwise, two Arrow sorts of the strings.
+    The first item is ``None`` when the rows are in book order already.
+    """
+    n = len(pos)
+    if n == 0:
+        return None, np.zeros(0, np.int64)
+    acc, pid = _arrow(pos["account_id"]), _arrow(pos["position_id"])
+    new_acc = run_starts(acc)
+    run = np.cumsum(new_acc) - 1
+    starts = np.flatnonzero(new_acc)
+    names = acc.take(pa.array(starts))
+    name_order = pc.sort_indices(names).to_numpy()
+    sorted_names = names.take(pa.array(name_order))
+    fast = acc.null_count == 0 and pid.null_count == 0 and strictly_increasing(sorted_names)  # one run each
+    if fast and n > 1:  # ids increase within every run
+        later = pc.less(pid.slice(0, n - 1), pid.slice(1)).to_numpy(zero_copy_only=False)
+        fast = bool(np.all(later | new_acc[1:]))
+    if fast:
+        acc_rank = np.empty(starts.size, dtype=np.int64)
+        acc_rank[name_order] = np.arange(starts.size, dtype=np.int64)
+        acc_code = acc_rank[run]
+        pg, n_pg = _sort_ranks(_arrow(pos["product_group"]))
+        und, n_und = _sort_ranks(_arrow(pos["underlying"]))
+        if starts.size * n_pg * n_und * n < 1 << 62:
+            rows = np.arange(n, dtype=np.int64)  # the id order within an account
+            order = np.argsort(((acc_code * n_pg + pg) * n_und + und) * n + rows)
+            in_acc_pid = np.argsort(acc_code * n + rows)  # rows in (account, id) order
+            back = np.empty(n, dtype=np.int64)
+            back[order] = rows  # each row's place in the book
+            pid_rank = np.empty(n, dtype=np.int64)
+            pid_rank[back[in_acc_pid]] = rows
+            return (None if np.array_equal(order, rows) else order), pid_rank
+    key_cols = ("account_id", "product_group", "underlying", "position_id")
+    keys = pa.table({c: _arrow(pos[c]) for c in key_cols})
+    order = None if is_sorted(keys, list(key_cols)) else \
+        pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in key_cols]).to_numpy().astype(np.int64)
+    acc_pid = pa.table({"a": acc, "p": pid}) if order is None else \
+        pa.table({"a": acc.take(pa.array(order)), "p": pid.take(pa.array(order))})
+    by_pid = pc.sort_indices(acc_pid, sort_keys=[("a", "ascending"), ("p", "ascending")]).to_numpy()
+    pid_rank = np.empty(n, dtype=np.int64)
+    pid_rank[by_pid] = np.arange(n, dtype=np.int64)
+    return order, pid_rank
+
+
 def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
     """Sort and index validated positions (SPEC 3 columns as produced by validation).
 
     Positions are ordered by account, product group, underlying and position id
-    (one Arrow sort on the four string columns, skipped when one pass over
-    neighbouring rows finds them in that order already); classes and groups are runs of
-    that order; option contracts are deduplicated on their pricing inputs.
+    (:func:`book_order`); classes and groups are runs of that order; option
+    contracts are deduplicated on their pricing inputs. ``_pid_rank`` is each
+    row's place in (account, position id) order.
     """
     n = len(pos)
     key_cols = ("account_id", "product_group", "underlying", "position_id")
-    keys = pa.table({c: _arrow(pos[c]) for c in key_cols})
-    if is_sorted(keys, list(key_cols)):  # a file written in this order: no sort, no copy of the rows
-        pos = pos.reset_index(drop=True)
-    else:
-        pos = pos.take(pc.sort_indices(keys, sort_keys=[(c, "ascending") for c in key_cols]).to_numpy())
-        pos = pos.reset_index(drop=True)
+    order, pid_rank = book_order(pos)
+    pos = (pos if order is None else pos.take(order)).reset_index(drop=True)
     skeys = {c: _arrow(pos[c]) for c in key_cols[:3]}  # the sorted keys (zero-copy from Arrow-backed columns)
     acc_new, pg_new, und_new = (run_starts(skeys[c]) for c in key_cols[:3])
     cls_codes = _runs(acc_new, pg_new, und_new)
@@ -135,6 +193,7 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
         _con=contract_idx,
         _kind=kind_code,
         _und=und,
+        _pid_rank=pid_rank,
     )
     contracts = contracts.assign(_und=und[opt_rows[first]])
     return Book(pos, np.asarray(accounts, dtype=object), classes, groups, contracts, und_names, account_ids)

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._exceptions import InputFileError
-from ._io import arrow_strings, is_sorted, positions_in
+from ._io import arrow_strings, positions_in
 
 __all__ = ["greedy_match", "regt_requirements"]
 
@@ -343,8 +343,9 @@ def _prepare(positions: pd.DataFrame, book: bool = False, und_names: np.ndarray 
     ``book``: ``positions`` is a prepared book's frame (``_pm.prepare_book``):
     rows in account order with their account codes in ``_acc`` and kinds in
     ``_kind``, position ids unique (validation rejected repeats). Those codes
-    are used instead of coding the strings again, and ``pid_rank`` orders the
-    ids within each account only, which is all it is compared on. With the
+    are used instead of coding the strings again, and ``pid_rank`` is the
+    book's ``_pid_rank`` (or orders the ids within each account only, which is
+    all it is compared on). With the
     book's ``und_names`` its ``_und`` codes are the underlying's codes too,
     and what an ETF tracks is looked up among the same names.
     """
@@ -365,12 +366,12 @@ def _prepare(positions: pd.DataFrame, book: bool = False, und_names: np.ndarray 
         first = np.flatnonzero(np.r_[True, acct0[1:] != acct0[:-1]]) if n else np.zeros(0, np.int64)
         sorted_names = acct_arr.take(pa.array(first))  # the book is in account order
         # (account, position_id) order: the ids are compared within an account only
-        acc_pid = pa.table({"a": acct0, "p": pid_arr})
-        if is_sorted(acc_pid, ["a", "p"]):  # ids in order within each account already: one pass says so
-            by_pid = np.arange(n, dtype=np.int64)
+        if "_pid_rank" in positions.columns:  # the book's (prepare_book ranked its rows so)
+            by_pid = None
+            pid_rank = positions["_pid_rank"].to_numpy(np.int64)
         else:
-            by_pid = pc.sort_indices(acc_pid, sort_keys=[("a", "ascending"), ("p", "ascending")]).to_numpy()
-            by_pid = by_pid.astype(np.int64)
+            by_pid = pc.sort_indices(pa.table({"a": acct0, "p": pid_arr}),
+                                     sort_keys=[("a", "ascending"), ("p", "ascending")]).to_numpy().astype(np.int64)
     else:
         # position_id order (also finds duplicates: equal ids are adjacent there)
         by_pid = pc.sort_indices(pid_arr).to_numpy().astype(np.int64)
@@ -390,10 +391,12 @@ def _prepare(positions: pd.DataFrame, book: bool = False, und_names: np.ndarray 
         acct0 = name_rank[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)] if n \
             else np.zeros(0, np.int64)
         sorted_names = acct_names.take(pa.array(name_order))
-    pid_rank[by_pid] = np.arange(n, dtype=np.int64)
+    if by_pid is not None:
+        pid_rank[by_pid] = np.arange(n, dtype=np.int64)
+    pid_bound = int(pid_rank.max()) + 1 if n else 0  # n for ranks of these rows (more for rows of a larger book)
 
-    legs = SimpleNamespace(n=n, n_acc=n_acc, acct=acct0, pid_rank=pid_rank, pid_bound=n)
-    _set_order(legs, n)
+    legs = SimpleNamespace(n=n, n_acc=n_acc, acct=acct0, pid_rank=pid_rank, pid_bound=pid_bound)
+    _set_order(legs, pid_bound)
     legs.acct_names = sorted_names  # sorted account ids
     legs.pid = pid_arr
     legs.acct_ids = acct_arr

@@ -344,11 +344,14 @@ def test_fused_class_pnl_is_the_segment_sum_of_position_pnl(seed, preset):
 
 
 @pytest.mark.parametrize("seed", [4, 9])
-def test_prepare_book_of_rows_in_book_order_is_the_book_of_shuffled_rows(seed):
-    """Rows already in (account, product group, underlying, position id) order skip the sort; the book
-    is the same as for the same rows in any other order."""
+def test_prepare_book_is_the_same_whatever_the_row_order(seed, monkeypatch):
+    """Rows in book order skip the sort; rows in (account, position id) order (accounts in any order) are
+    ordered on integer keys with no string sort of the rows; any other order sorts the strings. The book
+    is the same, and ``_pid_rank`` is each row's place in (account, position id) order."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
+    import gpu_margin._pm as pm
     from gpu_margin._io import is_sorted
 
     rng = np.random.default_rng(seed)
@@ -360,8 +363,26 @@ def test_prepare_book_of_rows_in_book_order_is_the_book_of_shuffled_rows(seed):
     in_order = want.pos[rows.columns]
     assert not is_sorted(pa.Table.from_pandas(shuffled[keys], preserve_index=False), keys)
     assert is_sorted(pa.Table.from_pandas(in_order[keys], preserve_index=False), keys)
-    for given in (rows, in_order):
-        got = prepare_book(given, und)
+    by_id = in_order.sort_values(["account_id", "position_id"]).reset_index(drop=True)
+    accounts_reversed = by_id.iloc[np.lexsort((np.arange(len(by_id)), -pd.factorize(by_id["account_id"])[0]))]
+    rank = np.lexsort((want.pos["position_id"].to_numpy(object), want.pos["account_id"].to_numpy(object)))
+    want_rank = np.empty(len(rank), np.int64)
+    want_rank[rank] = np.arange(len(rank))
+    assert want.pos["_pid_rank"].tolist() == want_rank.tolist()
+
+    table_sorts = []
+    real_sort = pc.sort_indices
+
+    def counting_sort(values, *args, **kwargs):
+        if isinstance(values, pa.Table):
+            table_sorts.append(values.num_columns)
+        return real_sort(values, *args, **kwargs)
+
+    monkeypatch.setattr(pm.pc, "sort_indices", counting_sort)
+    for given, string_sorts in ((rows, 2), (in_order, 1), (by_id, 0), (accounts_reversed, 0)):
+        table_sorts.clear()
+        got = prepare_book(given.reset_index(drop=True), und)
+        assert len(table_sorts) == string_sorts
         pd.testing.assert_frame_equal(got.pos, want.pos)
         for name in ("classes", "groups", "contracts"):
             pd.testing.assert_frame_equal(getattr(got, name), getattr(want, name))

@@ -126,7 +126,7 @@ def test_small_synthetic_books(tmp_path, seed):
     assert_same_with_book_codes(book_pos)
     # ids out of order within accounts: the book path sorts them instead of finding them in order
     reversed_ids = [f"q{len(book_pos) - i:07d}" for i in range(len(book_pos))]
-    assert_same_with_book_codes(book_pos.assign(position_id=reversed_ids))
+    assert_same_with_book_codes(book_pos.assign(position_id=reversed_ids).drop(columns="_pid_rank"))
 
 
 @pytest.mark.skipif(not os.environ.get("GPU_MARGIN_REGT_200K"), reason="set GPU_MARGIN_REGT_200K=1 (slow)")
