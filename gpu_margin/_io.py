@@ -424,6 +424,18 @@ def arrow_strings(values: Any) -> pa.Array:
     return arr
 
 
+#: The dtype pandas gives a column of Python strings (``str`` with pandas 3, ``object`` before).
+STR_DTYPE = pd.Series(np.array(["x"], dtype=object)).dtype
+
+
+def str_column(arr: pa.Array, as_object: bool = False) -> Any:
+    """Arrow strings as the column pandas builds from the same Python strings (or an ``object`` column),
+    with no Python string made where pandas keeps strings in Arrow."""
+    if as_object or STR_DTYPE == np.dtype(object):
+        return pd.Series(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object), dtype=object, copy=False)
+    return pd.array(arr, dtype=STR_DTYPE)
+
+
 def positions_in(values: pa.Array, keys: Any) -> np.ndarray:
     """Where each of ``values`` is in ``keys`` (``int64``; -1 where it is not)."""
     found = pc.index_in(values, value_set=arrow_strings(keys).cast(values.type))

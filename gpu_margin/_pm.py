@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._backend import Backend
-from ._io import is_sorted, run_starts, strictly_increasing
+from ._io import is_sorted, run_starts, str_column, strictly_increasing
 from ._methodology import Methodology
 from ._scenarios import ScenarioTable, grid_table
 from .kernels import forward_price, price_grid, segment_sum
@@ -393,9 +393,16 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
         class_risk=class_risk, class_worst=class_worst, class_min=class_min, contingency=contingency,
         concentration=concentration, group_risk=group_risk, group_worst=group_worst, group_min=group_min,
         group_req=group_req).items()}
+    # scenario names by index into the table's (k, m) names: no Python string per class or account
+    names = pa.array(table.labels.ravel(), type=pa.string())
+    m_cols = table.labels.shape[1]
+
+    def label_of(und_row: np.ndarray, worst_col: np.ndarray) -> pa.Array:
+        return names.take(pa.array(und_row.astype(np.int64) * m_cols + worst_col.astype(np.int64)))
+
     classes = book.classes.assign(
         class_risk=h["class_risk"],
-        worst_scenario=table.labels[cls_und_h, h["class_worst"]],
+        worst_scenario=str_column(label_of(cls_und_h, h["class_worst"])) if n_cls else np.zeros(0, object),
         worst_price_move=table.price_move[cls_und_h, h["class_worst"]],
         worst_vol_shock=table.vol_shock[cls_und_h, h["class_worst"]],
         minimum=h["class_min"],
@@ -405,7 +412,6 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
         group_risk=h["group_risk"][cls_grp],
         group_requirement=h["group_req"][cls_grp],
     )
-    grp_worst_label = table.labels[cls_und_h[grp_first_cls], h["group_worst"]]
 
     # account roll-up: groups and classes are in account order
     grp_acc = cls_acc[grp_first_cls]
@@ -417,12 +423,14 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
     # the account's worst scenario: that of its group with the largest requirement (the first on ties)
     top = np.lexsort((np.arange(n_grp), -h["group_req"], grp_acc))
     top = top[np.r_[True, grp_acc[top][1:] != grp_acc[top][:-1]]] if n_grp else top
-    grp_pg = book.groups["product_group"].to_numpy(dtype=object)
-    worst = (grp_pg[top].astype(str) + ":" + grp_worst_label[top].astype(str)).astype(object)
+    grp_pg = _arrow(book.groups["product_group"]).take(pa.array(top))
+    label = label_of(cls_und_h[grp_first_cls][top], h["group_worst"][top]).cast(grp_pg.type)
+    worst = pc.binary_join_element_wise(grp_pg, label, pa.scalar(":", grp_pg.type))  # "product_group:scenario"
+    worst = pc.if_else(pa.array(risk > 0.0), worst, pa.scalar(None, worst.type))  # none without risk
     acc = pd.DataFrame({
         "account_id": book.accounts, "pm_scenario_risk": risk, "pm_minimum_excess": greq - risk,
         "pm_contingency": cont, "pm_concentration": conc, "pm_requirement": greq + cont + conc,
-        "worst_scenario": np.where(risk > 0.0, worst, None),
+        "worst_scenario": str_column(worst),
     })  # fmt: skip
     return GridResult(acc, classes, table, wide, book, backend, (v0, v), wide_values)
 

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._exceptions import InputFileError
-from ._io import arrow_strings, positions_in
+from ._io import arrow_strings, positions_in, str_column
 
 __all__ = ["greedy_match", "regt_requirements"]
 
@@ -72,8 +72,6 @@ STRATEGIES = (
 _S = {name: code for code, name in enumerate(STRATEGIES)}
 _STRATEGY_RANK = np.argsort(np.argsort(np.array(STRATEGIES)))  # code -> place in alphabetical order
 
-#: The dtype pandas gives a column of Python strings (``str`` with pandas 3, ``object`` before).
-_STR_DTYPE = pd.Series(np.array(["x"], dtype=object)).dtype
 _KEY_LIMIT = 1 << 62  # packed integer keys stay below this
 
 
@@ -138,9 +136,9 @@ def legs_frame(table: pa.Table, prepared: SimpleNamespace) -> pd.DataFrame:
         return table.column(name).combine_chunks()
 
     return pd.DataFrame({
-        "position_id": _str_column(col("position_id"), object_ids),
-        "account_id": _str_column(col("account_id"), object_ids),
-        "strategy": _str_column(col("strategy"), object_strategy),
+        "position_id": str_column(col("position_id"), object_ids),
+        "account_id": str_column(col("account_id"), object_ids),
+        "strategy": str_column(col("strategy"), object_strategy),
         "paired_with": pd.Series(col("paired_with").to_numpy(zero_copy_only=False), dtype=object, copy=False),
         **{name: col(name).to_numpy(zero_copy_only=False).astype(np.float64)
            for name in ("paired_quantity", "regt_initial", "regt_maintenance")},
@@ -827,7 +825,7 @@ def _accounts_frame(legs: SimpleNamespace, leg: np.ndarray, ri: np.ndarray, rm: 
     """Per account (sorted), the sums of its rows' requirements in row order."""
     sums = group_sum(legs.acct[leg], np.column_stack([ri, rm]), legs.n_acc)
     return pd.DataFrame({
-        "account_id": _str_column(legs.acct_names, False),
+        "account_id": str_column(legs.acct_names, False),
         "regt_initial": sums[:, 0], "regt_maintenance": sums[:, 1],
     })  # fmt: skip
 
@@ -886,13 +884,6 @@ def _group_sum_loop():
     import numba  # noqa: PLC0415
 
     return numba.njit(cache=True, nogil=True)(_group_sum_py)
-
-
-def _str_column(arr: pa.Array, as_object: bool):
-    """Arrow strings as the column pandas builds from Python strings (or an ``object`` column)."""
-    if as_object or _STR_DTYPE == np.dtype(object):
-        return pd.Series(np.asarray(arr.to_numpy(zero_copy_only=False), dtype=object), dtype=object, copy=False)
-    return pd.array(arr, dtype=_STR_DTYPE)
 
 
 def _empty_result() -> tuple[pd.DataFrame, pd.DataFrame]:
