@@ -637,8 +637,8 @@ class RegTEngine:
         self.legs = subset_legs(prepared, rows, pos["quantity"].to_numpy(np.float64), self.account, self.n_acc)
         # components and classes from the legs' codes of the underlying and what it tracks (-1: nothing)
         comp = _components(self.legs.und, self.legs.trk)
-        self.ck = pd.MultiIndex.from_arrays([self.account, comp]).factorize()[0].astype(np.int64)
-        self.cls_h = pd.MultiIndex.from_arrays([self.account, self.legs.und]).factorize()[0].astype(np.int64)
+        self.ck = _pair_codes(self.account, comp)
+        self.cls_h = _pair_codes(self.account, self.legs.und)
         self.n_ck = int(self.ck.max()) + 1 if self.ck.size else 0
         self.ck_acc = np.zeros(self.n_ck, np.int64)
         self.ck_acc[self.ck] = self.account
@@ -742,6 +742,13 @@ class RegTEngine:
             new[lo:hi] = r[base:]
             lo = hi
         return new
+
+
+def _pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Codes of the distinct ``(a, b)`` pairs of non-negative integers, numbered in order of first appearance."""
+    if a.size == 0:
+        return np.zeros(0, np.int64)
+    return pd.factorize(a.astype(np.int64) * (int(b.max()) + 1) + b)[0].astype(np.int64)
 
 
 def _components(underlying: np.ndarray, tracks: np.ndarray) -> np.ndarray:
