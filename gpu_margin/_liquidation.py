@@ -103,7 +103,8 @@ def liquidation_plans(res: dict[str, Any], calls: pd.DataFrame, meth: Methodolog
         engine = make(res, meth, backend, rows)
         if engine is None:  # no exact relief available (scenarios methodology without its inputs)
             continue
-        frames.append(greedy_plans(engine, c, pos.iloc[rows].reset_index(drop=True)))
+        held = pos[["quantity", "market_value", "position_id"]].iloc[rows].reset_index(drop=True)  # greedy's
+        frames.append(greedy_plans(engine, c, held))
     c = calls[calls["reason"] == "min_equity"]
     if not c.empty:
         frames.append(_no_action_rows(c))
@@ -776,7 +777,7 @@ def _components(underlying: np.ndarray, tracks: np.ndarray) -> np.ndarray:
 
 def _regt_engine(res: dict[str, Any], meth: Methodology, backend: Backend, rows: np.ndarray) -> RegTEngine:
     del meth, backend
-    p = res["_book"].pos.iloc[rows].reset_index(drop=True)
+    p = res["_book"].pos[["quantity"]].iloc[rows].reset_index(drop=True)  # what the engine reads
     codes, account = _accounts_of(res["_book"], rows)
     return RegTEngine(p, res["_book"].accounts[codes], account, res["_regt_prepared"], rows)
 
