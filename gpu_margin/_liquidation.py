@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from ._backend import Backend
@@ -93,9 +94,8 @@ def liquidation_plans(res: dict[str, Any], calls: pd.DataFrame, meth: Methodolog
         c = calls[calls["reason"] == reason]
         if c.empty:
             continue
-        called = np.zeros(len(book.accounts), dtype=bool)  # by the book's account codes (no string matching)
-        at = positions_in(arrow_strings(c["account_id"]), book.account_ids)
-        called[at[at >= 0]] = True
+        # by the book's account codes; the calls' few ids are hashed, each book account looked up in them
+        called = positions_in(book.account_ids, arrow_strings(c["account_id"])) >= 0
         rows = np.flatnonzero(called[pos["_acc"].to_numpy()])
         if rows.size == 0:  # called for negative cash alone: nothing to close
             frames.append(_no_action_rows(c))
@@ -531,7 +531,7 @@ def _pm_engine(res: dict[str, Any], meth: Methodology, backend: Backend, rows: n
     p = book.pos.iloc[rows]
     codes, account = _accounts_of(book, rows)
     accounts = book.accounts[codes]
-    at = positions_in(book.account_ids.take(codes), res["_account_ids"])  # rows of res["accounts"]
+    at = _rows_of(book.account_ids.take(codes), res["_account_ids"])  # rows of res["accounts"]
     nlv = np.where(at >= 0, res["accounts"]["nlv"].to_numpy(np.float64)[np.maximum(at, 0)], np.nan)
     q0 = p["quantity"].to_numpy(np.float64)
     if "_grid" in res:
@@ -743,6 +743,16 @@ class RegTEngine:
             new[lo:hi] = r[base:]
             lo = hi
         return new
+
+
+def _rows_of(ids: pa.Array, table_ids: pa.Array) -> np.ndarray:
+    """Where each of the distinct ``ids`` is in the distinct ``table_ids`` (-1: not there), hashing ``ids``
+    (the called accounts, usually few) rather than ``table_ids`` (every account of the partition)."""
+    where = positions_in(table_ids, ids)  # for each table row: its place in ids
+    at = np.full(len(ids), -1, dtype=np.int64)
+    hit = np.flatnonzero(where >= 0)
+    at[where[hit]] = hit
+    return at
 
 
 def _pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
