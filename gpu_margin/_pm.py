@@ -105,8 +105,9 @@ def book_order(pos: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
     Position files are usually written account by account with ids in order
     (one pass over neighbouring rows says so): then both orders come from
     integer keys, the accounts' runs ranked by one sort of the distinct ids,
-    with no string sort of the rows. Otherwise, two Arrow sorts of the strings.
-    The first item is ``None`` when the rows are in book order already.
+    with no string sort of the rows. Otherwise Arrow sorts of the strings:
+    the four keys (skipped when the rows are in book order already), then
+    account and id. The first item is ``None`` when the rows are in book order.
     """
     n = len(pos)
     if n == 0:
@@ -430,7 +431,8 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
     acc = pd.DataFrame({
         "account_id": book.accounts, "pm_scenario_risk": risk, "pm_minimum_excess": greq - risk,
         "pm_contingency": cont, "pm_concentration": conc, "pm_requirement": greq + cont + conc,
-        "worst_scenario": str_column(worst),
+        # (an object column of None when no account has any risk, as pandas makes of the None values)
+        "worst_scenario": str_column(worst) if np.any(risk > 0.0) else np.full(n_acc, None, dtype=object),
     })  # fmt: skip
     return GridResult(acc, classes, table, wide, book, backend, (v0, v), wide_values)
 

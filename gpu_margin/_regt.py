@@ -364,7 +364,7 @@ def _prepare(positions: pd.DataFrame, book: bool = False, und_names: np.ndarray 
         first = np.flatnonzero(np.r_[True, acct0[1:] != acct0[:-1]]) if n else np.zeros(0, np.int64)
         sorted_names = acct_arr.take(pa.array(first))  # the book is in account order
         # (account, position_id) order: the ids are compared within an account only
-        if "_pid_rank" in positions.columns:  # the book's (prepare_book ranked its rows so)
+        if "_pid_rank" in positions.columns:  # the book's (prepare_book ranked its rows; drop it with new ids)
             by_pid = None
             pid_rank = positions["_pid_rank"].to_numpy(np.int64)
         else:
@@ -400,7 +400,10 @@ def _prepare(positions: pd.DataFrame, book: bool = False, und_names: np.ndarray 
     legs.acct_ids = acct_arr
 
     # the other string columns as integer codes (-1: missing); underlying and
-    # tracks share theirs, a missing underlying has its own (as in a merge)
+    # tracks share theirs, a missing underlying has its own (as in a merge). On a
+    # book the codes are places in the market's names: an underlying the market
+    # lacks (validation rejects those) shares the missing code, and what an ETF
+    # tracks is -1 also when the market lacks it (no leg can have it as underlying)
     if book and und_names is not None and "_und" in positions.columns:
         n_und = len(und_names)
         und = positions["_und"].to_numpy(np.int64)  # place in und_names, -1: not a market underlying
