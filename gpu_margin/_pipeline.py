@@ -42,6 +42,19 @@ log = logging.getLogger("gpu_margin")
 TABLES = ("accounts", "classes", "rejects", "regt_legs", "margin_calls", "liquidation")
 
 
+def _lanes(work: Path, n_lanes: int) -> list[list[str]]:
+    """The output tables in at most ``n_lanes`` groups of about equal part bytes, largest table first
+    (each group is written one table after the other, the groups side by side)."""
+    size = {name: sum(p.stat().st_size for p in (work / "parts" / name).glob("part-*.arrow")) for name in TABLES}
+    lanes: list[list[str]] = [[] for _ in range(max(1, min(n_lanes, len(TABLES))))]
+    load = [0] * len(lanes)
+    for name in sorted(TABLES, key=lambda t: (-size[t], t)):
+        i = load.index(min(load))
+        lanes[i].append(name)
+        load[i] += size[name]
+    return [lane for lane in lanes if lane]
+
+
 def firm_pnl(partition_sums: list[list[float] | None], index: pd.DataFrame) -> pa.Table:
     """Firm-wide P/L per scenario × multiplier: the partitions' account sums added in partition order."""
     sums = [np.asarray(s, dtype=np.float64) for s in partition_sums if s is not None]
@@ -627,8 +640,18 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
 
     import dask  # noqa: PLC0415
 
-    # the tables are merged and written side by side (Arrow and Parquet work outside the GIL)
-    for name, info, frame in dask.compute(*[dask.delayed(finish_table)(n) for n in TABLES], scheduler="threads"):
+    def finish_lane(names: list[str]) -> list[tuple[str, dict[str, Any], pd.DataFrame | None]]:
+        return [finish_table(name) for name in names]
+
+    # the tables are merged and written side by side (Arrow and Parquet work outside the GIL), in lanes
+    # of about equal bytes with the largest first, so the longest write starts at once (Dask's threads
+    # would take single tables in an order of its own)
+    done = {}
+    for lane in dask.compute(*[dask.delayed(finish_lane)(names) for names in _lanes(work, os.cpu_count() or 1)],
+                             scheduler="threads"):
+        done.update({name: (info, frame) for name, info, frame in lane})
+    for name in TABLES:
+        info, frame = done[name]
         outputs[f"{name}.parquet"] = info
         if frame is not None:
             tables[name] = frame

@@ -409,3 +409,23 @@ def test_book_duplicates(files, want):
 
     cols = [None if f is None else pa.chunked_array([pa.array(f, type=pa.string())]) for f in files]
     assert book_duplicates(cols) == want
+
+
+@pytest.mark.parametrize("n_lanes", [1, 2, 3, 16])
+def test_finish_lanes_start_with_the_largest_tables(tmp_path, n_lanes):
+    """The finish writes the tables in lanes of about equal bytes, the largest first in its lane."""
+    from gpu_margin._pipeline import TABLES, _lanes
+
+    sizes = {"accounts": 300, "classes": 500, "rejects": 0, "regt_legs": 900, "margin_calls": 20, "liquidation": 30}
+    for name, size in sizes.items():
+        (tmp_path / "parts" / name).mkdir(parents=True)
+        for i in range(2):  # two parts of each
+            (tmp_path / "parts" / name / f"part-{i:05d}.arrow").write_bytes(b"x" * (size // 2))
+    lanes = _lanes(tmp_path, n_lanes)
+    assert sorted(n for lane in lanes for n in lane) == sorted(TABLES)
+    assert len(lanes) == min(n_lanes, len(TABLES))
+    assert lanes[0][0] == "regt_legs"
+    for lane in lanes:
+        assert [sizes[n] for n in lane] == sorted((sizes[n] for n in lane), reverse=True)
+    if n_lanes == 2:
+        assert lanes == [["regt_legs"], ["classes", "accounts", "liquidation", "margin_calls", "rejects"]]
