@@ -134,6 +134,8 @@ def merge_order(name: str, parts: list[pa.Table]) -> tuple[pa.Table, np.ndarray]
         if table.num_rows == 0:
             return table, np.zeros(0, np.int64)
         return table, pc.sort_indices(table, sort_keys=_ascending(name)).to_numpy()
+    if _parts_in_account_order(parts):  # partitions of an account-ordered book: already in order
+        return table, np.arange(table.num_rows, dtype=np.int64)
     # sort the accounts' runs of rows, not the rows: one string sort of the distinct accounts
     acc = pc.fill_null(table.column("account_id"), "").combine_chunks()
     n = len(acc)
@@ -143,6 +145,20 @@ def merge_order(name: str, parts: list[pa.Table]) -> tuple[pa.Table, np.ndarray]
     order = pc.sort_indices(acc.take(pa.array(starts))).to_numpy()
     s, ln = starts[order], lengths[order]
     return table, np.repeat(s - (np.cumsum(ln) - ln), ln) + np.arange(n, dtype=np.int64)
+
+
+def _parts_in_account_order(parts: list[pa.Table]) -> bool:
+    """Whether each part's accounts all come before the next part's (parts are sorted within): then the
+    parts, one after the other, are in account order. Compares the parts' first and last ids only."""
+    ends = []
+    for part in parts:
+        if part.num_rows == 0:
+            continue
+        acc = part.column("account_id")
+        if acc.null_count:
+            return False
+        ends.append((acc[0].as_py(), acc[-1].as_py()))
+    return all(prev[1] < nxt[0] for prev, nxt in zip(ends, ends[1:]))
 
 
 def sha256_file(path: Path) -> str:

@@ -429,3 +429,31 @@ def test_finish_lanes_start_with_the_largest_tables(tmp_path, n_lanes):
         assert [sizes[n] for n in lane] == sorted((sizes[n] for n in lane), reverse=True)
     if n_lanes == 2:
         assert lanes == [["regt_legs"], ["classes", "accounts", "liquidation", "margin_calls", "rejects"]]
+
+
+@pytest.mark.parametrize("shuffle_parts", [False, True])
+def test_merge_order_sorts_parts_of_disjoint_accounts(shuffle_parts):
+    """Parts of disjoint accounts, each sorted: the merge order is the stable sort by account, whether the
+    parts come in account order (no sort needed) or not; rows of one account keep their order."""
+    from gpu_margin._outputs import SCHEMAS, merge_order
+
+    rng = np.random.default_rng(7)
+    names = sorted({f"Å{rng.integers(10**6):06d}" if rng.random() < 0.2 else f"A{rng.integers(10**6):06d}"
+                    for _ in range(300)})
+    cuts = np.sort(rng.choice(np.arange(1, len(names)), 6, replace=False))
+    groups = np.split(np.array(names, dtype=object), cuts)
+    if shuffle_parts:
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+    parts = []
+    for g in groups + [np.array([], dtype=object)]:  # an empty part too
+        acc = np.repeat(g, rng.integers(1, 4, len(g))) if len(g) else g
+        n = len(acc)
+        cols = {f.name: pa.nulls(n, f.type) for f in SCHEMAS["margin_calls"]}
+        cols["account_id"] = pa.array(acc.tolist(), type=pa.string())
+        cols["nlv"] = pa.array(rng.normal(size=n))
+        parts.append(pa.table(cols, schema=SCHEMAS["margin_calls"]))
+    table, order = merge_order("margin_calls", parts)
+    want = pc.sort_indices(table, sort_keys=[("account_id", "ascending")]).to_numpy()  # stable
+    assert order.tolist() == want.tolist()
+    if not shuffle_parts:
+        assert order.tolist() == list(range(table.num_rows))
