@@ -15,6 +15,13 @@ from ._io import arrow_strings, positions_in
 from ._methodology import Methodology, load_methodology
 from ._pm import Book, grid_margin, kind_array, option_values, prepare_book, scenario_pnl_by_account
 from ._scenarios import grid_table, joint_table
+from ._schema import VALID_COLUMN_NAMES
+
+#: The validated columns margin_frames and the calls and plans read: the valid frame without the input's
+#: file and row, its right and style (as is_call and american), iv and the vols' sources (as vol), and
+#: extra input columns. What the pipeline asks validation for (compute() returns the whole frame).
+ENGINE_COLUMNS = tuple(c for c in VALID_COLUMN_NAMES
+                       if c not in ("source", "row", "right", "style", "iv", "vol_market", "vol_source"))
 
 
 def value_positions(book: Book, backend: Backend, v0: Any = None) -> pd.DataFrame:

@@ -407,7 +407,7 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     """Margin one partition and write its part files; returns counts and stage timings."""
     from ._backend import select_backend  # noqa: PLC0415
     from ._calls import margin_calls_and_plans  # noqa: PLC0415
-    from ._compute import margin_frames  # noqa: PLC0415
+    from ._compute import ENGINE_COLUMNS, margin_frames  # noqa: PLC0415
     from ._io import arrow_strings  # noqa: PLC0415
     from ._methodology import load_methodology  # noqa: PLC0415
     from ._validate import validate_positions  # noqa: PLC0415
@@ -420,7 +420,7 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     t = {"read": float(pos.attrs.get("read_seconds", 0.0))}
     t0 = time.perf_counter()
     valid, rejects = validate_positions(pos, ctx.market, asof=ctx.job.asof, rate=ctx.job.rate,
-                                        duplicates=ctx.duplicates)
+                                        duplicates=ctx.duplicates, columns=ENGINE_COLUMNS)
     t["validate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     backend = select_backend(ctx.device)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -255,6 +255,7 @@ def validate_positions(
     rate: float,
     source: str = "positions",
     duplicates: Mapping[str, int] | None = None,
+    columns: Collection[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split positions into ``(valid, rejects)``: every input row is in exactly one of them.
 
@@ -269,6 +270,9 @@ def validate_positions(
     ``REJECTS_SCHEMA``. Duplicates of ``position_id`` are found within the
     frame given; ``duplicates`` adds ids known to be repeated elsewhere (the
     pipeline's partitions are parts of one book), with their count in the book.
+    ``columns``: build only these columns of ``valid`` (in the same order; the
+    extra columns only where named): what the pipeline's engine reads, without
+    making text columns nobody reads there.
     """
     asof_ts = _as_asof(asof)
     run_rate = _as_rate(rate)
@@ -466,38 +470,42 @@ def validate_positions(
     expiry_ns = pos["expiry"].to_numpy()
     expiry_ns = np.where(dated & has_expiry & ok, expiry_ns, np.datetime64("NaT")).astype("datetime64[ns]")
     # a valid option's right and style are in RIGHTS and STYLES (checked): rebuilt from their codes
-    cols: dict[str, Any] = {
-        "source": take_s(pos["source"]),
-        "row": take(pos["row"].to_numpy(dtype=np.int64)),
-        "account_id": take_s(pos["account_id"]),
-        "position_id": take_s(pid),
-        "underlying": take_s(pos["underlying"]),
-        "kind": take_s(kind),
-        "right": text(RIGHTS, np.where(is_opt, right_code, -1)),
-        "is_call": take(is_call),
-        "strike": take(np.where(is_opt, strike, nan)),
-        "expiry": take(expiry_ns),
-        "t": take(np.where(dated, days / DAYS_PER_YEAR, 0.0)),
-        "style": text(STYLES, np.where(is_opt, style_code, -1)),
-        "american": take(american),
-        "multiplier": take(np.where(mult_given, mult, mult_default)),
-        "quantity": take(qty),
-        "mark": take(mark),
-        "iv": take(np.where(iv_given, iv, nan)),
-        "spot": take(spot),
-        "dividend_yield": take(q),
-        "rate": take(row_rate),
-        "product_group": text(mkt["product_group"], m_idx),
-        "tracks": text(mkt["tracks"], m_idx),
-        "vol_market": take(vol_market),
-        "vol": take(vol),
-        "vol_source": text(VOL_SOURCES, vol_source),
+    build: dict[str, Any] = {  # each column made only when asked for
+        "source": lambda: take_s(pos["source"]),
+        "row": lambda: take(pos["row"].to_numpy(dtype=np.int64)),
+        "account_id": lambda: take_s(pos["account_id"]),
+        "position_id": lambda: take_s(pid),
+        "underlying": lambda: take_s(pos["underlying"]),
+        "kind": lambda: take_s(kind),
+        "right": lambda: text(RIGHTS, np.where(is_opt, right_code, -1)),
+        "is_call": lambda: take(is_call),
+        "strike": lambda: take(np.where(is_opt, strike, nan)),
+        "expiry": lambda: take(expiry_ns),
+        "t": lambda: take(np.where(dated, days / DAYS_PER_YEAR, 0.0)),
+        "style": lambda: text(STYLES, np.where(is_opt, style_code, -1)),
+        "american": lambda: take(american),
+        "multiplier": lambda: take(np.where(mult_given, mult, mult_default)),
+        "quantity": lambda: take(qty),
+        "mark": lambda: take(mark),
+        "iv": lambda: take(np.where(iv_given, iv, nan)),
+        "spot": lambda: take(spot),
+        "dividend_yield": lambda: take(q),
+        "rate": lambda: take(row_rate),
+        "product_group": lambda: text(mkt["product_group"], m_idx),
+        "tracks": lambda: text(mkt["tracks"], m_idx),
+        "vol_market": lambda: take(vol_market),
+        "vol": lambda: take(vol),
+        "vol_source": lambda: text(VOL_SOURCES, vol_source),
     }
-    valid = pd.DataFrame(cols)
-    valid = valid.astype(dict(VALID_COLUMNS))
+    wanted = VALID_COLUMN_NAMES if columns is None else [c for c in VALID_COLUMN_NAMES if c in columns]
+    cols = {name: build[name]() for name in wanted}
+    valid = pd.DataFrame(cols, index=pd.RangeIndex(n if all_ok else len(keep)))
+    valid = valid.astype({name: dtype for name, dtype in VALID_COLUMNS if name in cols})
     for e in extras:  # an extra column named like a valid column is carried as input_<name>
-        valid[e if e not in VALID_COLUMN_NAMES else f"input_{e}"] = take_s(pos[e])
-    assert tuple(valid.columns[: len(VALID_COLUMN_NAMES)]) == VALID_COLUMN_NAMES
+        name = e if e not in VALID_COLUMN_NAMES else f"input_{e}"
+        if columns is None or name in columns:
+            valid[name] = take_s(pos[e])
+    assert tuple(valid.columns[: len(wanted)]) == tuple(wanted)
     return valid, rejects
 
 

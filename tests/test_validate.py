@@ -380,3 +380,21 @@ def test_malformed_rows_end_valid_or_rejected(tmp_path_factory, rows, types, dro
         assert opt["right"].isin(["C", "P"]).all() and (opt["strike"] > 0).all()
         assert opt["style"].isin(["A", "E"]).all() and (opt["t"] >= 0).all()
         assert valid["vol_source"].isin(["iv", "implied", "market"]).all()
+
+
+def test_valid_columns_asked_for_are_those_of_the_whole_frame():
+    """``columns=`` builds only the named columns of ``valid`` (the pipeline's engine columns), each equal
+    to the whole frame's; extra input columns only where named; the rejects are the same."""
+    from gpu_margin._compute import ENGINE_COLUMNS
+
+    rows = [row(position_id="p1", note="a"), row(position_id="p2", kind="stock", right=None, strike=None,
+                                                  expiry=None, quantity=10.0, note="b"),
+            row(position_id="p3", underlying="NOPE", note="c"), row(position_id="p4", iv=0.25, style="E", note="d")]
+    full, full_rej = run(*rows)
+    assert "note" in full.columns and len(full) == 3
+    for columns in (ENGINE_COLUMNS, ("account_id", "note", "vol_source"), ()):
+        got, rej = run(*rows, columns=columns)
+        want = [c for c in full.columns if c in columns]
+        assert list(got.columns) == want
+        pd.testing.assert_frame_equal(got, full[want], check_column_type=False)  # (no columns: any Index)
+        pd.testing.assert_frame_equal(rej, full_rej)
