@@ -394,7 +394,8 @@ def _prepare(positions: pd.DataFrame, book: bool = False, und_names: np.ndarray 
     pid_bound = int(pid_rank.max()) + 1 if n else 0  # n for ranks of these rows (more for rows of a larger book)
 
     legs = SimpleNamespace(n=n, n_acc=n_acc, acct=acct0, pid_rank=pid_rank, pid_bound=pid_bound)
-    _set_order(legs, pid_bound)
+    # on a book the ranks are (account, position_id) ranks already: of these rows when they are 0..n-1
+    _set_order(legs, pid_bound, ranked=book and pid_bound == n)
     legs.acct_names = sorted_names  # sorted account ids
     legs.pid = pid_arr
     legs.acct_ids = acct_arr
@@ -485,15 +486,20 @@ def _set_quantity(legs: SimpleNamespace, quantity: np.ndarray) -> None:
     legs.absq = np.abs(qf)
 
 
-def _set_order(legs: SimpleNamespace, pid_bound: int) -> None:
+def _set_order(legs: SimpleNamespace, pid_bound: int, ranked: bool = False) -> None:
     """``rank`` (each row's place in (account, position_id) order), ``pos`` (its place in its account), ``n_pos``.
 
     ``legs.pid_rank`` orders the rows by ``position_id``; its values are below ``pid_bound``.
+    ``ranked``: ``pid_rank`` is each row's place in (account, position_id) order already (a permutation
+    of ``0..n-1``, accounts numbered in sorted order), which is then the rank with no sort.
     """
     n, acct = legs.n, legs.acct
-    order = np.argsort(acct * max(pid_bound, 1) + legs.pid_rank) if n else np.zeros(0, np.int64)
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n, dtype=np.int64)
+    if ranked:
+        rank = legs.pid_rank
+    else:
+        order = np.argsort(acct * max(pid_bound, 1) + legs.pid_rank) if n else np.zeros(0, np.int64)
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n, dtype=np.int64)
     legs.rank = rank
     per_acct = np.bincount(acct, minlength=legs.n_acc)
     legs.pos = rank - (np.cumsum(per_acct) - per_acct)[acct]  # place within its account
