@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import os
+import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,7 +47,22 @@ CALENDAR_END = "2075-12-31"
 
 @functools.lru_cache(maxsize=1)
 def nyse_sessions() -> np.ndarray:
-    """NYSE sessions 1990–2075 (``exchange_calendars`` XNYS, special closures included), ``datetime64[D]``."""
+    """NYSE sessions 1990–2075 (``exchange_calendars`` XNYS, special closures included), ``datetime64[D]``.
+
+    Building the calendar costs about a second (the library's import and its
+    holiday rules), so the sessions are kept in a file of the user's cache
+    directory (``$XDG_CACHE_HOME/gpu-margin``, else ``~/.cache/gpu-margin``)
+    named by the ``exchange-calendars`` version and the range: a new version
+    builds them afresh. A cache that cannot be read or written is skipped.
+    """
+    path = _sessions_cache()
+    if path is not None:
+        try:
+            cached = np.load(path, allow_pickle=False)
+            if cached.dtype == np.dtype("datetime64[D]") and cached.ndim == 1 and cached.size:
+                return cached
+        except (OSError, ValueError):
+            pass
     import exchange_calendars as xcals  # noqa: PLC0415
 
     # exchange_calendars uses pandas APIs that newer pandas deprecates: not ours to act on
@@ -52,7 +70,29 @@ def nyse_sessions() -> np.ndarray:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         cal = xcals.get_calendar("XNYS", start=CALENDAR_START, end=CALENDAR_END)
-        return np.asarray(cal.sessions.to_numpy(), dtype="datetime64[D]")
+        sessions = np.asarray(cal.sessions.to_numpy(), dtype="datetime64[D]")
+    if path is not None:
+        try:  # written whole, then renamed into place: a reader never sees part of it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, sessions, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return sessions
+
+
+def _sessions_cache() -> Path | None:
+    """The cache file of :func:`nyse_sessions`, or None where there is no cache directory to use."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        ver = version("exchange-calendars")
+    except (RuntimeError, KeyError, PackageNotFoundError):
+        return None
+    return Path(base) / "gpu-margin" / f"xnys-sessions-{ver}-{CALENDAR_START}-{CALENDAR_END}.npy"
 
 
 def due_date(asof: Any, business_days: int) -> _dt.date:

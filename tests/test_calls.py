@@ -237,3 +237,34 @@ def test_calls_and_plans_fit_the_output_schemas():
         for col in res[name].columns:
             if res[name][col].dtype.kind == "f":
                 np.testing.assert_array_equal(back[col].to_numpy(), res[name][col].to_numpy())
+
+
+def test_nyse_sessions_are_kept_in_the_user_cache(tmp_path, monkeypatch):
+    """The sessions are built once per exchange-calendars version and read back from the cache after;
+    a damaged cache file is rebuilt, and a cache directory that cannot be written is skipped."""
+    import sys
+
+    from gpu_margin import _calls
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _calls.nyse_sessions.cache_clear()
+    built = _calls.nyse_sessions()
+    path = _calls._sessions_cache()
+    assert path.parent == tmp_path / "gpu-margin" and path.exists()
+    assert built.dtype == np.dtype("datetime64[D]") and np.datetime64("2024-03-15") in built
+    assert np.datetime64("2024-03-29") not in built  # Good Friday
+
+    _calls.nyse_sessions.cache_clear()
+    monkeypatch.setitem(sys.modules, "exchange_calendars", None)  # importing it would fail now
+    np.testing.assert_array_equal(_calls.nyse_sessions(), built)
+    monkeypatch.delitem(sys.modules, "exchange_calendars")
+
+    path.write_bytes(b"not a numpy file")
+    _calls.nyse_sessions.cache_clear()
+    np.testing.assert_array_equal(_calls.nyse_sessions(), built)
+    np.testing.assert_array_equal(np.load(path), built)  # written again
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(path))  # a file where the directory should be
+    _calls.nyse_sessions.cache_clear()
+    np.testing.assert_array_equal(_calls.nyse_sessions(), built)
+    _calls.nyse_sessions.cache_clear()
