@@ -422,8 +422,7 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
     cont = _sum_runs(h["contingency"], cls_acc, n_acc)
     conc = _sum_runs(h["concentration"], cls_acc, n_acc)
     # the account's worst scenario: that of its group with the largest requirement (the first on ties)
-    top = np.lexsort((np.arange(n_grp), -h["group_req"], grp_acc))
-    top = top[np.r_[True, grp_acc[top][1:] != grp_acc[top][:-1]]] if n_grp else top
+    top = _first_max_of_runs(h["group_req"], grp_acc)
     grp_pg = _arrow(book.groups["product_group"]).take(pa.array(top))
     label = label_of(cls_und_h[grp_first_cls][top], h["group_worst"][top]).cast(grp_pg.type)
     worst = pc.binary_join_element_wise(grp_pg, label, pa.scalar(":", grp_pg.type))  # "product_group:scenario"
@@ -435,6 +434,19 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
         "worst_scenario": str_column(worst) if np.any(risk > 0.0) else np.full(n_acc, None, dtype=object),
     })  # fmt: skip
     return GridResult(acc, classes, table, wide, book, backend, (v0, v), wide_values)
+
+
+def _first_max_of_runs(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """For each run of equal ``ids`` (sorted), the index of its largest value, the first on ties; NaN
+    counts below any number (a run of NaN only gives its first). No sort: a max and a min per run."""
+    n = values.size
+    if n == 0:
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    run = np.cumsum(np.r_[True, ids[1:] != ids[:-1]]) - 1
+    top = np.fmax.reduceat(values, starts)[run]  # NaN only where the whole run is NaN
+    hit = (values == top) | (np.isnan(values) & np.isnan(top))
+    return np.minimum.reduceat(np.where(hit, np.arange(n), n), starts)
 
 
 def _sum_runs(values: np.ndarray, ids: np.ndarray, n: int) -> np.ndarray:

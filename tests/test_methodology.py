@@ -388,3 +388,19 @@ def test_prepare_book_is_the_same_whatever_the_row_order(seed, monkeypatch):
             pd.testing.assert_frame_equal(getattr(got, name), getattr(want, name))
         assert got.accounts.tolist() == want.accounts.tolist()
         assert got.account_ids.equals(want.account_ids)
+
+
+def test_first_max_of_runs_is_the_sorted_choice():
+    """An account's worst group (its largest requirement, the first on ties, NaN below any number) found
+    with no sort equals the choice of a stable sort of (account, -requirement, index)."""
+    from gpu_margin._pm import _first_max_of_runs
+
+    rng = np.random.default_rng(3)
+    for trial in range(500):
+        n = int(rng.integers(0, 40))
+        acc = np.sort(rng.integers(0, 8, n))
+        values = rng.choice([0.0, -0.0, 1.0, 2.0, np.nan, -np.inf, np.inf], n) if trial % 2 \
+            else rng.normal(size=n).round(1)
+        order = np.lexsort((np.arange(n), -values, acc))
+        want = order[np.r_[True, acc[order][1:] != acc[order][:-1]]] if n else order
+        assert _first_max_of_runs(values, acc).tolist() == want.tolist()
