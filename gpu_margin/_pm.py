@@ -132,7 +132,8 @@ def book_order(pos: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
         if starts.size * n_pg * n_und * n < 1 << 62:
             rows = np.arange(n, dtype=np.int64)  # the id order within an account
             order = np.argsort(((acc_code * n_pg + pg) * n_und + und) * n + rows)
-            in_acc_pid = np.argsort(acc_code * n + rows)  # rows in (account, id) order
+            # rows in (account, id) order: as they come when the accounts do (ids increase within each)
+            in_acc_pid = rows if bool(np.all(acc_code[1:] >= acc_code[:-1])) else np.argsort(acc_code * n + rows)
             back = np.empty(n, dtype=np.int64)
             back[order] = rows  # each row's place in the book
             pid_rank = np.empty(n, dtype=np.int64)
