@@ -15,10 +15,12 @@ partition's part files are reused by ``--resume`` when the run's fingerprint
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
 import logging
+import operator
 import os
 import shutil
 import sys
@@ -351,24 +353,12 @@ def rows_of_accounts(ids: pa.Array, ordered: bool, wanted: pa.Array) -> np.ndarr
     lo, hi = 0, len(ids)
     if ordered and len(wanted):
         bounds = pc.min_max(wanted)
-        lo = _bisect(ids, bounds["min"].as_py(), right=False)
-        hi = _bisect(ids, bounds["max"].as_py(), right=True)
+        as_py = operator.methodcaller("as_py")  # only the probed ids become Python strings
+        lo = bisect.bisect_left(ids, bounds["min"].as_py(), key=as_py)
+        hi = bisect.bisect_right(ids, bounds["max"].as_py(), key=as_py)
     window = ids.slice(lo, max(hi - lo, 0))
     found = pc.is_in(window, value_set=wanted.cast(ids.type))
     return lo + np.flatnonzero(found.to_numpy(zero_copy_only=False))
-
-
-def _bisect(ids: pa.Array, value: str, right: bool) -> int:
-    """``bisect_left`` (``bisect_right`` with ``right``) of ``value`` in the ascending strings ``ids``."""
-    lo, hi = 0, len(ids)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        v = ids[mid].as_py()
-        if v < value or (right and v == value):
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 def _done_marker(ctx: Context, part: Partition) -> Path:

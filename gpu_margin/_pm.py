@@ -443,8 +443,9 @@ def _first_max_of_runs(values: np.ndarray, ids: np.ndarray) -> np.ndarray:
     n = values.size
     if n == 0:
         return np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    run = np.cumsum(np.r_[True, ids[1:] != ids[:-1]]) - 1
+    new = np.r_[True, ids[1:] != ids[:-1]]
+    starts = np.flatnonzero(new)
+    run = np.cumsum(new) - 1
     top = np.fmax.reduceat(values, starts)[run]  # NaN only where the whole run is NaN
     hit = (values == top) | (np.isnan(values) & np.isnan(top))
     return np.minimum.reduceat(np.where(hit, np.arange(n), n), starts)

@@ -89,19 +89,14 @@ def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd
     parts of a position add up to its quantity), ``regt_initial``,
     ``regt_maintenance``. Both frames are sorted, so the result does not
     depend on the row order of ``positions``. With ``legs=False`` only the
-    accounts frame is built (the legs frame is ``None``): what liquidation
-    plans need when they rerun the pairing many times.
+    accounts frame is built (the legs frame is ``None``).
     """
-    want_legs = legs
-    legs = _prepare(positions)
-    if legs.n == 0:
+    prepared, rows = _paired_rows(positions)
+    if rows is None:
         acc, leg_frame = _empty_result()
-        return acc, leg_frame if want_legs else None
-    parts, empty_pair_part = _pairing(legs)
-    _note_dtypes(legs, parts, empty_pair_part)
-    leg, partner, strat, pq, ri, rm = _sorted_rows(legs, parts)
-    frame = legs_frame(_legs_table(legs, leg, partner, strat, pq, ri, rm), legs) if want_legs else None
-    return _accounts_frame(legs, leg, ri, rm), frame
+        return acc, leg_frame if legs else None
+    frame = legs_frame(_legs_table(prepared, *rows), prepared) if legs else None
+    return _accounts_frame(prepared, rows), frame
 
 
 def regt_tables(positions: pd.DataFrame, book: bool = False,
@@ -116,13 +111,22 @@ def regt_tables(positions: pd.DataFrame, book: bool = False,
     ``book``: ``positions`` is a prepared book's frame, whose codes are used (see :func:`_prepare`);
     ``und_names``: that book's underlying names (``Book.und_names``), which its ``_und`` codes index.
     """
+    legs, rows = _paired_rows(positions, book=book, und_names=und_names)
+    if rows is None:
+        return _empty_result()[0], _legs_schema().empty_table(), legs
+    return _accounts_frame(legs, rows), _legs_table(legs, *rows), legs
+
+
+def _paired_rows(positions: pd.DataFrame, book: bool = False,
+                 und_names: np.ndarray | None = None) -> tuple[SimpleNamespace, tuple[np.ndarray, ...] | None]:
+    """The positions prepared (:func:`_prepare`) and their output rows in output order (:func:`_sorted_rows`),
+    or ``None`` for no positions."""
     legs = _prepare(positions, book=book, und_names=und_names)
     if legs.n == 0:
-        return _empty_result()[0], _legs_schema().empty_table(), legs
+        return legs, None
     parts, empty_pair_part = _pairing(legs)
     _note_dtypes(legs, parts, empty_pair_part)
-    leg, partner, strat, pq, ri, rm = _sorted_rows(legs, parts)
-    return _accounts_frame(legs, leg, ri, rm), _legs_table(legs, leg, partner, strat, pq, ri, rm), legs
+    return legs, _sorted_rows(legs, parts)
 
 
 def legs_frame(table: pa.Table, prepared: SimpleNamespace) -> pd.DataFrame:
@@ -343,9 +347,9 @@ def _prepare(positions: pd.DataFrame, book: bool = False, und_names: np.ndarray 
     ``_kind``, position ids unique (validation rejected repeats). Those codes
     are used instead of coding the strings again, and ``pid_rank`` is the
     book's ``_pid_rank`` (or orders the ids within each account only, which is
-    all it is compared on). With the
-    book's ``und_names`` its ``_und`` codes are the underlying's codes too,
-    and what an ETF tracks is looked up among the same names.
+    all it is compared on). With the book's ``und_names`` its ``_und`` codes
+    are the underlying's codes too, and what an ETF tracks is looked up among
+    the same names.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in positions.columns]
     if missing:
@@ -825,8 +829,9 @@ def _standalone_parts(
             legs.sign[keep] * r, stand_i[keep] * r, stand_m[keep] * r)  # fmt: skip
 
 
-def _accounts_frame(legs: SimpleNamespace, leg: np.ndarray, ri: np.ndarray, rm: np.ndarray) -> pd.DataFrame:
-    """Per account (sorted), the sums of its rows' requirements in row order."""
+def _accounts_frame(legs: SimpleNamespace, rows: tuple[np.ndarray, ...]) -> pd.DataFrame:
+    """Per account (sorted), the sums of its rows' requirements in row order (``rows`` of :func:`_sorted_rows`)."""
+    leg, ri, rm = rows[0], rows[4], rows[5]
     sums = group_sum(legs.acct[leg], np.column_stack([ri, rm]), legs.n_acc)
     return pd.DataFrame({
         "account_id": str_column(legs.acct_names, False),
