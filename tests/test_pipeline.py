@@ -411,6 +411,116 @@ def test_book_duplicates(files, want):
     assert book_duplicates(cols) == want
 
 
+def _ordered_book(tmp_path: Path, seed: int, n_files: int = 3) -> tuple[Path, pd.DataFrame]:
+    """Positions written account by account with ids increasing, over files of several row groups."""
+    rng = np.random.default_rng(seed)
+    runs = rng.integers(1, 9, size=60)
+    acc = np.repeat([f"A{i:04d}" for i in range(runs.size)], runs)
+    pos = pd.DataFrame({"account_id": acc, "position_id": [f"P{i:06d}" for i in range(acc.size)],
+                        "x": np.arange(acc.size)})
+    d = tmp_path / f"book{seed}"
+    d.mkdir()
+    bounds = np.sort(rng.choice(np.flatnonzero(np.r_[True, acc[1:] != acc[:-1]])[1:], n_files - 1, replace=False))
+    for i, (a, b) in enumerate(zip(np.r_[0, bounds], np.r_[bounds, acc.size])):
+        part = pos.iloc[a:b]
+        cuts = np.sort(rng.choice(np.arange(1, len(part)), size=min(4, len(part) - 1), replace=False))
+        _write_row_groups(part, d / f"part-{i}.parquet", np.diff(np.r_[0, cuts, len(part)]).tolist())
+    return d, pos
+
+
+def _plan_rows(plan):
+    return plan.how, [(p.pieces, p.n_rows, p.n_buckets, p.row_groups) for p in plan.partitions], plan.duplicates
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("partition_rows", [40, 90, 1000])
+def test_plan_from_the_footers_is_the_plan_from_the_columns(tmp_path, monkeypatch, seed, partition_rows):
+    """A book written in order is planned from its Parquet statistics alone, to the same partitions."""
+    import gpu_margin._pipeline as pl
+    from gpu_margin._io import list_input_files
+
+    d, _ = _ordered_book(tmp_path, seed)
+    assert pl.key_statistics(list_input_files(d)) is not None
+    fast = pl.plan_partitions(d, partition_rows)
+    monkeypatch.setattr(pl, "key_statistics", lambda files: None)
+    assert _plan_rows(fast) == _plan_rows(pl.plan_partitions(d, partition_rows))
+
+
+def _rewrite(path: Path, frame: pd.DataFrame, sizes: list[int], **kw) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with pq.ParquetWriter(path, table.schema, **kw) as w:
+        start = 0
+        for n in sizes:
+            w.write_table(table.slice(start, n))
+            start += n
+
+
+@pytest.mark.parametrize("case", ["no_statistics", "ids_overlap", "accounts_out_of_order", "account_in_two_files",
+                                  "missing_id", "integer_ids", "no_position_id"])
+def test_footers_that_do_not_prove_the_order_are_not_used(tmp_path, case):
+    """Footers are used only when they prove what the plan needs; otherwise the columns are read, and the
+    plan still finds a repeated id or an account in two files."""
+    from gpu_margin._io import list_input_files
+    from gpu_margin._pipeline import key_statistics, plan_partitions
+
+    d, _ = _ordered_book(tmp_path, 7, n_files=2)
+    f0, f1 = sorted(d.glob("*.parquet"))
+    a = pq.read_table(f0).to_pandas()
+    b = pq.read_table(f1).to_pandas()
+    if case == "no_statistics":
+        _rewrite(f1, b, [len(b)], write_statistics=False)
+    elif case == "ids_overlap":  # the second file's last id is the first file's first: a repeat
+        b.loc[len(b) - 1, "position_id"] = a["position_id"].iloc[0]
+        _rewrite(f1, b, [len(b) - 1, 1])
+    elif case == "accounts_out_of_order":  # the file's row groups swapped
+        n = len(b[b["account_id"] == b["account_id"].iloc[0]])
+        _rewrite(f1, pd.concat([b.iloc[n:], b.iloc[:n]]), [len(b) - n, n])
+    elif case == "account_in_two_files":
+        b.loc[0, "account_id"] = a["account_id"].iloc[-1]
+        _rewrite(f1, b, [len(b)])
+    elif case == "missing_id":
+        b.loc[0, "position_id"] = None
+        _rewrite(f1, b, [len(b)])
+    elif case == "integer_ids":
+        _rewrite(f1, b.assign(position_id=np.arange(len(b)) + 10**6), [len(b)])
+    else:
+        _rewrite(f1, b.drop(columns="position_id"), [len(b)])
+    assert key_statistics(list_input_files(d)) is None
+    plan = plan_partitions(d, 1000)
+    if case == "ids_overlap":
+        assert plan.duplicates == {a["position_id"].iloc[0]: 2}
+    if case == "account_in_two_files":
+        assert "repartitioned by account_id" in plan.how
+
+
+def test_an_id_repeated_within_one_row_group_is_rejected_as_when_the_columns_are_read(tmp_path):
+    """The footers cannot see a repeat inside one row group; the partition's validation rejects both rows
+    with the same message as when the plan reads the columns (files without statistics)."""
+    from gpu_margin._io import list_input_files
+    from gpu_margin._pipeline import key_statistics
+
+    pos, market, accounts = random_book(n_accounts=12, seed=5)
+    pos = pos.sort_values("account_id", kind="stable").reset_index(drop=True)
+    pos["position_id"] = [f"P{i:05d}" for i in range(len(pos))]
+    pos.loc[11, "position_id"] = pos.loc[10, "position_id"]
+    outs = []
+    for name, kw in (("stats", {}), ("plain", {"write_statistics": False})):
+        d = tmp_path / name
+        (d / "positions").mkdir(parents=True)
+        _rewrite(d / "positions" / "part-0.parquet", pos, [len(pos)], **kw)
+        market.to_parquet(d / "market.parquet")
+        accounts.to_parquet(d / "accounts.parquet")
+        (d / "job.toml").write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "positions"\n'
+                                    'market = "market.parquet"\naccounts = "accounts.parquet"\n'
+                                    'methodology = "house"\nout = "out"\n')
+        assert (key_statistics(list_input_files(d / "positions")) is None) == (name == "plain")
+        outs.append(run(d, tmp_path / f"out-{name}"))
+    rej = pd.read_parquet(outs[0] / "rejects.parquet")
+    dup = rej[rej["code"] == "duplicate_position_id"]
+    assert len(dup) == 2 and dup["message"].str.contains("appears 2 times").all()
+    assert_equal_results(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("n_lanes", [1, 2, 3, 16])
 def test_finish_lanes_start_with_the_largest_tables(tmp_path, n_lanes):
     """The finish writes the tables in lanes of about equal bytes, the largest first in its lane."""
