@@ -164,8 +164,7 @@ def _sorted_apart(columns: list[pa.ChunkedArray]) -> bool:
         if not strictly_increasing(c):
             return False
         ranges.append((c[0].as_py(), c[n - 1].as_py()))
-    ranges.sort()
-    return all(hi < lo for (_, hi), (lo, _) in zip(ranges[:-1], ranges[1:], strict=True))
+    return _apart(ranges)
 
 
 def row_group_split(path: Path, account_id: pa.ChunkedArray, k: int) -> list[tuple[tuple[int, int], int]] | None:
@@ -224,8 +223,9 @@ def key_statistics(files: list[Any]) -> list[KeyStatistics] | None:
     is in two files, and the row-group boundaries that no account spans are
     those where one row group's largest id is below the next one's smallest),
     and the ``position_id`` ranges of all row groups must lie apart (so no id
-    is in two row groups, hence in two partitions; repeats within one are
-    found by that partition's validation, as the ids of a file in order are).
+    is in two row groups: a partition of whole row groups finds the repeats
+    within them itself; a file split by account hash has its repeats found
+    when the plan reads its columns for the hash).
     Statistics are bounds of the values (a writer may shorten them), which
     keeps each of these conclusions sound.
     """
@@ -237,11 +237,11 @@ def key_statistics(files: list[Any]) -> list[KeyStatistics] | None:
             md = pq.ParquetFile(f.path).metadata
         except Exception:  # noqa: BLE001  (the readers give the one-line error)
             return None
-        names = [md.schema.column(j).name for j in range(md.num_columns)]
-        if names.count("account_id") != 1 or names.count("position_id") != 1:
+        paths = [md.schema.column(j).path for j in range(md.num_columns)]  # top-level columns only, not fields
+        if paths.count("account_id") != 1 or paths.count("position_id") != 1:
             return None
-        cols = names.index("account_id"), names.index("position_id")
-        if any(str(md.schema.column(j).logical_type) != "String" for j in cols):
+        cols = paths.index("account_id"), paths.index("position_id")
+        if any(getattr(md.schema.column(j).logical_type, "type", None) != "STRING" for j in cols):
             return None
         sizes, lo, hi = [], [], []
         for i in range(md.num_row_groups):
@@ -264,7 +264,7 @@ def key_statistics(files: list[Any]) -> list[KeyStatistics] | None:
     return out
 
 
-def _apart(ranges: list[tuple[bytes, bytes]]) -> bool:
+def _apart(ranges: list[tuple[Any, Any]]) -> bool:
     """Whether the closed ranges ``[lo, hi]`` overlap nowhere."""
     ranges = sorted(ranges)
     return all(hi < lo for (_, hi), (lo, _) in zip(ranges[:-1], ranges[1:], strict=True))
@@ -328,9 +328,14 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     stats = key_statistics(files)
     keys: list[tuple[pa.ChunkedArray, pa.ChunkedArray | None] | None] = [None] * len(files)
 
-    def ids_of(i: int) -> pa.ChunkedArray:  # the account ids of file i, read once when needed
+    def hashed(i: int) -> pa.ChunkedArray:
+        """The account ids of file ``i``, which is split by account hash (its columns read once). Its row
+        groups are then split too, so a repeated id the footers could not see (within one row group)
+        may reach two partitions: planned from the footers, the file's repeats are found here."""
         if keys[i] is None:
             keys[i] = _key_columns(files[i])
+            if stats is not None:  # no id is in two row groups, so none is in two files: one file at a time
+                duplicates.update(book_duplicates([keys[i][1]]))
         return keys[i][0]
 
     if stats is not None:  # a book written in order: rows, accounts and repeats from the footers alone
@@ -367,13 +372,13 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
             if stats is not None:
                 ranges = _cut_row_groups(stats[fi].sizes, stats[fi].clean_boundaries(), k)
             else:
-                ranges = row_group_split(files[fi].path, ids_of(fi), k) if not files[fi].partition else None
+                ranges = row_group_split(files[fi].path, hashed(fi), k) if not files[fi].partition else None
             if ranges:  # contiguous row groups: each partition reads only its own part of the file
                 for (start, stop), n in ranges:
                     parts.append(Partition(len(parts), ((fi, None),), n, 1, (start, stop)))
                 continue
             by_hash += 1
-            counts = np.bincount(account_bucket(ids_of(fi), k), minlength=k)
+            counts = np.bincount(account_bucket(hashed(fi), k), minlength=k)
             for b in np.flatnonzero(counts):
                 parts.append(Partition(len(parts), ((fi, int(b)),), int(counts[b]), k))
         how = "by account hash" if by_hash == sum(k > 1 for k in per_file) else \
@@ -390,7 +395,7 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     n = n_partitions
     counts = np.zeros(n, dtype=np.int64)
     for fi in range(len(files)):
-        counts += np.bincount(account_bucket(ids_of(fi), n), minlength=n)
+        counts += np.bincount(account_bucket(hashed(fi), n), minlength=n)
     parts = [Partition(i, tuple((fi, int(b)) for fi in range(len(files))), int(counts[b]), n)
              for i, b in enumerate(np.flatnonzero(counts))]
     return Plan(files, rows, parts, f"{len(files)} file(s) repartitioned by account_id into {len(parts)} "

@@ -117,17 +117,27 @@ def test_partition_count_does_not_change_results(book_dir, tmp_path, parts):
     assert_equal_results(ref, other)
 
 
-def test_a_duplicate_position_id_split_across_partitions_is_rejected_whatever_the_partitions(tmp_path):
-    """Both rows of an id given twice in two files (accounts disjoint) are rejected, as in one frame."""
+@pytest.mark.parametrize("layout", ["two_files", "one_row_group"])
+def test_a_duplicate_position_id_split_across_partitions_is_rejected_whatever_the_partitions(tmp_path, layout):
+    """Both rows of an id given twice under two accounts are rejected, as in one frame: in two files
+    (accounts disjoint), or in one row group of a file split by account hash (planned from its footers)."""
+    from gpu_margin._io import list_input_files
+    from gpu_margin._pipeline import key_statistics
+
     pos, market, accounts = random_book(n_accounts=12, seed=3)
+    pos = pos.sort_values("account_id", kind="stable").reset_index(drop=True)
     pos["position_id"] = [f"P{i:05d}" for i in range(len(pos))]
     first, last = pos["account_id"].min(), pos["account_id"].max()
     i_last = pos.index[pos["account_id"] == last][0]
     i_first = pos.index[pos["account_id"] == first][0]
-    pos.loc[i_last, "position_id"] = pos.loc[i_first, "position_id"]  # same id, other account, other file
+    pos.loc[i_last, "position_id"] = pos.loc[i_first, "position_id"]  # same id, other account
     (tmp_path / "positions").mkdir()
-    pos[pos["account_id"] != last].to_parquet(tmp_path / "positions" / "part-0.parquet")
-    pos[pos["account_id"] == last].to_parquet(tmp_path / "positions" / "part-1.parquet")
+    if layout == "two_files":
+        pos[pos["account_id"] != last].to_parquet(tmp_path / "positions" / "part-0.parquet")
+        pos[pos["account_id"] == last].to_parquet(tmp_path / "positions" / "part-1.parquet")
+    else:
+        _write_row_groups(pos, tmp_path / "positions" / "part-0.parquet", [len(pos)])
+        assert key_statistics(list_input_files(tmp_path / "positions")) is not None
     market.to_parquet(tmp_path / "market.parquet")
     accounts.to_parquet(tmp_path / "accounts.parquet")
     (tmp_path / "job.toml").write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "positions"\n'
@@ -167,9 +177,9 @@ def test_files_larger_than_a_partition_are_split_by_account(book_dir, tmp_path):
     assert_equal_results(run(book_dir, tmp_path / "ref"), tmp_path / "small")
 
 
-def _write_row_groups(pos: pd.DataFrame, path: Path, sizes: list[int]) -> None:
+def _write_row_groups(pos: pd.DataFrame, path: Path, sizes: list[int], **writer_options) -> None:
     table = pa.Table.from_pandas(pos, preserve_index=False)
-    with pq.ParquetWriter(path, table.schema) as w:
+    with pq.ParquetWriter(path, table.schema, **writer_options) as w:
         start = 0
         for n in sizes:
             w.write_table(table.slice(start, n))
@@ -441,22 +451,18 @@ def test_plan_from_the_footers_is_the_plan_from_the_columns(tmp_path, monkeypatc
 
     d, _ = _ordered_book(tmp_path, seed)
     assert pl.key_statistics(list_input_files(d)) is not None
+    read = []
+    key_columns = pl._key_columns
+    monkeypatch.setattr(pl, "_key_columns", lambda f: read.append(f) or key_columns(f))
     fast = pl.plan_partitions(d, partition_rows)
+    # only files split by account hash (no row-group boundary free of accounts) have their columns read
+    assert len(read) == len({p.pieces[0][0] for p in fast.partitions if p.n_buckets > 1})
     monkeypatch.setattr(pl, "key_statistics", lambda files: None)
     assert _plan_rows(fast) == _plan_rows(pl.plan_partitions(d, partition_rows))
 
 
-def _rewrite(path: Path, frame: pd.DataFrame, sizes: list[int], **kw) -> None:
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    with pq.ParquetWriter(path, table.schema, **kw) as w:
-        start = 0
-        for n in sizes:
-            w.write_table(table.slice(start, n))
-            start += n
-
-
 @pytest.mark.parametrize("case", ["no_statistics", "ids_overlap", "accounts_out_of_order", "account_in_two_files",
-                                  "missing_id", "integer_ids", "no_position_id"])
+                                  "missing_id", "integer_ids", "no_position_id", "nested_ids", "hive"])
 def test_footers_that_do_not_prove_the_order_are_not_used(tmp_path, case):
     """Footers are used only when they prove what the plan needs; otherwise the columns are read, and the
     plan still finds a repeated id or an account in two files."""
@@ -468,24 +474,32 @@ def test_footers_that_do_not_prove_the_order_are_not_used(tmp_path, case):
     a = pq.read_table(f0).to_pandas()
     b = pq.read_table(f1).to_pandas()
     if case == "no_statistics":
-        _rewrite(f1, b, [len(b)], write_statistics=False)
+        _write_row_groups(b, f1, [len(b)], write_statistics=False)
     elif case == "ids_overlap":  # the second file's last id is the first file's first: a repeat
         b.loc[len(b) - 1, "position_id"] = a["position_id"].iloc[0]
-        _rewrite(f1, b, [len(b) - 1, 1])
+        _write_row_groups(b, f1, [len(b) - 1, 1])
     elif case == "accounts_out_of_order":  # the file's row groups swapped
         n = len(b[b["account_id"] == b["account_id"].iloc[0]])
-        _rewrite(f1, pd.concat([b.iloc[n:], b.iloc[:n]]), [len(b) - n, n])
+        _write_row_groups(pd.concat([b.iloc[n:], b.iloc[:n]]), f1, [len(b) - n, n])
     elif case == "account_in_two_files":
         b.loc[0, "account_id"] = a["account_id"].iloc[-1]
-        _rewrite(f1, b, [len(b)])
+        _write_row_groups(b, f1, [len(b)])
     elif case == "missing_id":
         b.loc[0, "position_id"] = None
-        _rewrite(f1, b, [len(b)])
+        _write_row_groups(b, f1, [len(b)])
     elif case == "integer_ids":
-        _rewrite(f1, b.assign(position_id=np.arange(len(b)) + 10**6), [len(b)])
-    else:
-        _rewrite(f1, b.drop(columns="position_id"), [len(b)])
+        _write_row_groups(b.assign(position_id=np.arange(len(b)) + 10**6), f1, [len(b)])
+    elif case == "no_position_id":
+        _write_row_groups(b.drop(columns="position_id"), f1, [len(b)])
+    elif case == "nested_ids":  # a field named position_id inside a struct is not the column
+        nested = b.drop(columns="position_id").assign(meta=[{"position_id": v} for v in b["position_id"]])
+        _write_row_groups(nested, f1, [len(b)])
+    else:  # hive folders: the file's own columns are not all there is to it
+        (d / "region=x").mkdir()
+        f1.rename(d / "region=x" / f1.name)
     assert key_statistics(list_input_files(d)) is None
+    if case == "hive":  # read whole by the positions reader, which wants a real book
+        return
     plan = plan_partitions(d, 1000)
     if case == "ids_overlap":
         assert plan.duplicates == {a["position_id"].iloc[0]: 2}
@@ -507,7 +521,7 @@ def test_an_id_repeated_within_one_row_group_is_rejected_as_when_the_columns_are
     for name, kw in (("stats", {}), ("plain", {"write_statistics": False})):
         d = tmp_path / name
         (d / "positions").mkdir(parents=True)
-        _rewrite(d / "positions" / "part-0.parquet", pos, [len(pos)], **kw)
+        _write_row_groups(pos, d / "positions" / "part-0.parquet", [len(pos)], **kw)
         market.to_parquet(d / "market.parquet")
         accounts.to_parquet(d / "accounts.parquet")
         (d / "job.toml").write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "positions"\n'
