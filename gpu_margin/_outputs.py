@@ -8,7 +8,9 @@ varies, so the same inputs give byte-identical files.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -100,19 +102,29 @@ def write_table(table: pa.Table, path: Path, order: np.ndarray | None = None) ->
     this order, one row group at a time (the reordered table is never whole
     in memory; the file is the same as writing ``table.take(order)``).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dictionary = [n for n in table.column_names if n not in HIGH_CARDINALITY]
     if order is None:
-        pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS, write_statistics=True,
-                       store_schema=True, use_dictionary=dictionary)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, **_writer_options(table.schema))
         return
     in_place = bool(order.size == 0 or (order[0] == 0 and np.all(np.diff(order) == 1)))
-    with pq.ParquetWriter(path, table.schema, compression="zstd", write_statistics=True, store_schema=True,
-                          use_dictionary=dictionary) as writer:
-        for i in range(0, max(len(order), 1), ROW_GROUP_ROWS):
-            # parts that come in account order already (a book written account by account) need no copy
-            rows = table.slice(i, ROW_GROUP_ROWS) if in_place else table.take(pa.array(order[i:i + ROW_GROUP_ROWS]))
+    # parts that come in account order already (a book written account by account) need no copy
+    write_row_groups(table.schema, (
+        table.slice(i, ROW_GROUP_ROWS) if in_place else table.take(pa.array(order[i:i + ROW_GROUP_ROWS]))
+        for i in range(0, max(len(order), 1), ROW_GROUP_ROWS)), path)
+
+
+def write_row_groups(schema: pa.Schema, row_groups: Iterable[pa.Table], path: Path) -> None:
+    """:func:`write_table` of tables made one row group at a time (each of ``ROW_GROUP_ROWS`` rows but the last):
+    the same file as writing them concatenated, never all in memory at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(path, schema, **_writer_options(schema)) as writer:
+        for rows in row_groups:
             writer.write_table(rows, row_group_size=ROW_GROUP_ROWS)
+
+
+def _writer_options(schema: pa.Schema) -> dict[str, Any]:
+    return {"compression": "zstd", "write_statistics": True, "store_schema": True,
+            "use_dictionary": [n for n in schema.names if n not in HIGH_CARDINALITY]}
 
 
 def write_part(table: pa.Table, path: Path) -> None:

@@ -540,7 +540,7 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     firm = None
     if "_scenario_pnl" in res:  # written in its final form: one file per partition, accounts in order
         sp = res["_scenario_pnl"]
-        write_table(sp.arrow(), ctx.work / "parts" / "scenario_pnl" / f"part-{part.number:05d}.parquet")
+        sp.write(ctx.work / "parts" / "scenario_pnl" / f"part-{part.number:05d}.parquet")
         counts["scenario_pnl"] = int(sp.matrix.size)
         firm = sp.matrix.sum(axis=0).tolist()
     t["write"] = time.perf_counter() - t0

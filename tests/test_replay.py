@@ -110,3 +110,30 @@ def test_bad_scenario_file_is_a_one_line_error_naming_the_row(two_stock_book, tm
     assert res.returncode == 2
     assert needle in res.stderr and "row 0" in res.stderr and res.stderr.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("n", "m", "rows"), [(7, 5, 6), (7, 5, 35), (7, 5, 1000), (1, 3, 1), (0, 4, 3), (3, 0, 3)])
+def test_scenario_pnl_written_a_row_group_at_a_time_is_the_file_written_whole(tmp_path, monkeypatch, n, m, rows):
+    """A partition's account × scenario P/L goes to Parquet one row group at a time (bounded memory): the same
+    bytes as the whole long table written at once, and the values of the long frame."""
+    import pyarrow.parquet as pq
+
+    import gpu_margin._outputs as outputs
+    from gpu_margin._compute import ScenarioPnl
+
+    rng = np.random.default_rng(n * 10 + m)
+    index = pd.DataFrame({"scenario_id": [f"S{j}" for j in range(m)], "multiplier": rng.choice([1.0, 2.0], m),
+                          "weight": np.ones(m), "label": [""] * m})
+    sp = ScenarioPnl(rng.normal(size=(n, m)), np.array([f"A{i:03d}" for i in range(n)], dtype=object), index)
+    monkeypatch.setattr(outputs, "ROW_GROUP_ROWS", rows)
+    outputs.write_table(sp.arrow(), tmp_path / "whole.parquet")
+    sp.write(tmp_path / "pieces.parquet")
+    assert (tmp_path / "whole.parquet").read_bytes() == (tmp_path / "pieces.parquet").read_bytes()
+    md = pq.ParquetFile(tmp_path / "pieces.parquet").metadata
+    assert md.num_rows == n * m and md.num_row_groups == max(-(-n * m // rows), 1)
+    got = pd.read_parquet(tmp_path / "pieces.parquet")
+    want = sp.frame()
+    for col in ("account_id", "scenario_id"):
+        assert got[col].astype(str).tolist() == want[col].astype(str).tolist()
+    np.testing.assert_array_equal(got["multiplier"].to_numpy(), want["multiplier"].to_numpy(np.float64))
+    np.testing.assert_array_equal(got["pnl"].to_numpy(), want["pnl"].to_numpy(np.float64))
