@@ -247,14 +247,11 @@ class ScenarioPnl:
             "pnl": self.matrix.reshape(-1),
         })
 
-    def arrow(self) -> pa.Table:
-        """The long form as Arrow with dictionary-encoded ids (no per-row Python objects)."""
-        return pa.concat_tables(self.arrow_pieces(max(self.matrix.size, 1)))
-
     def arrow_pieces(self, rows: int) -> Iterator[pa.Table]:
-        """:meth:`arrow` in consecutive pieces of ``rows`` rows (the last shorter; one empty piece for no
-        rows), each built on its own: a partition of 72k accounts under 1,000 scenarios is written one
-        row group at a time instead of as a 72M-row table (24 bytes a row) beside its matrix."""
+        """The long form as Arrow with dictionary-encoded ids (no per-row Python objects), in consecutive
+        pieces of ``rows`` rows (the last shorter; one empty piece for no rows), each built on its own: a
+        partition of 72k accounts under 1,000 scenarios is written one row group at a time instead of as
+        a 72M-row table (24 bytes a row) beside its matrix."""
         n, m = self.matrix.shape
         accounts = pa.array(self.accounts.astype(str), type=pa.string())
         scenario_ids = pa.array(self.index["scenario_id"].astype(str).to_numpy(object), type=pa.string())
@@ -270,7 +267,8 @@ class ScenarioPnl:
             })  # fmt: skip
 
     def write(self, path: Path) -> None:
-        """The long form as one Parquet file, a row group at a time (the same file as ``write_table(arrow())``)."""
+        """The long form as one Parquet file, a row group at a time (the same file as :func:`write_table` of
+        the pieces concatenated)."""
         from ._outputs import ROW_GROUP_ROWS, write_row_groups  # noqa: PLC0415
 
         pieces = self.arrow_pieces(ROW_GROUP_ROWS)

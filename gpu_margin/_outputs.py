@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -81,8 +80,9 @@ def to_table(name: str, df: pd.DataFrame | pa.Table) -> pa.Table:
 
 
 #: Columns with about one distinct value per row: dictionary encoding costs time and saves nothing. The
-#: ids, and the dollar amounts that differ in nearly every row (each writes 10-40% faster plain, to a file
-#: no larger: the writer's dictionary outgrows its page limit and falls back to plain after building it).
+#: ids, and the dollar amounts that differ in nearly every row (each writes about 20-50% faster plain, to
+#: a file no larger: the writer's dictionary outgrows its page limit and falls back to plain after building
+#: it; benchmarks/RESULTS.md, sixth session).
 #: Amounts with few distinct values (minimums, add-ons that are mostly zero, paired quantities) keep it.
 HIGH_CARDINALITY = frozenset({
     "account_id", "position_id", "paired_with", "message",
@@ -103,8 +103,7 @@ def write_table(table: pa.Table, path: Path, order: np.ndarray | None = None) ->
     in memory; the file is the same as writing ``table.take(order)``).
     """
     if order is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, **_writer_options(table.schema))
+        write_row_groups(table.schema, [table], path)  # the writer cuts it into row groups
         return
     in_place = bool(order.size == 0 or (order[0] == 0 and np.all(np.diff(order) == 1)))
     # parts that come in account order already (a book written account by account) need no copy
@@ -117,14 +116,11 @@ def write_row_groups(schema: pa.Schema, row_groups: Iterable[pa.Table], path: Pa
     """:func:`write_table` of tables made one row group at a time (each of ``ROW_GROUP_ROWS`` rows but the last):
     the same file as writing them concatenated, never all in memory at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(path, schema, **_writer_options(schema)) as writer:
+    dictionary = [n for n in schema.names if n not in HIGH_CARDINALITY]
+    with pq.ParquetWriter(path, schema, compression="zstd", write_statistics=True, store_schema=True,
+                          use_dictionary=dictionary) as writer:
         for rows in row_groups:
             writer.write_table(rows, row_group_size=ROW_GROUP_ROWS)
-
-
-def _writer_options(schema: pa.Schema) -> dict[str, Any]:
-    return {"compression": "zstd", "write_statistics": True, "store_schema": True,
-            "use_dictionary": [n for n in schema.names if n not in HIGH_CARDINALITY]}
 
 
 def write_part(table: pa.Table, path: Path) -> None:

@@ -231,37 +231,46 @@ def key_statistics(files: list[Any]) -> list[KeyStatistics] | None:
     """
     out, pid_ranges, file_ranges = [], [], []
     for f in files:
-        if f.partition:
-            return None
         try:
-            md = pq.ParquetFile(f.path).metadata
-        except Exception:  # noqa: BLE001  (the readers give the one-line error)
+            got = None if f.partition else _file_key_statistics(f.path)
+        except Exception:  # noqa: BLE001  (an unreadable footer: the readers give the one-line error)
+            got = None
+        if got is None:
             return None
-        paths = [md.schema.column(j).path for j in range(md.num_columns)]  # top-level columns only, not fields
-        if paths.count("account_id") != 1 or paths.count("position_id") != 1:
-            return None
-        cols = paths.index("account_id"), paths.index("position_id")
-        if any(getattr(md.schema.column(j).logical_type, "type", None) != "STRING" for j in cols):
-            return None
-        sizes, lo, hi = [], [], []
-        for i in range(md.num_row_groups):
-            rg = md.row_group(i)
-            if rg.num_rows == 0:
-                return None
-            st = [rg.column(j).statistics for j in cols]
-            if any(s is None or not s.has_min_max or not s.has_null_count or s.null_count for s in st):
-                return None
-            sizes.append(rg.num_rows)
-            lo.append(st[0].min_raw)
-            hi.append(st[0].max_raw)
-            pid_ranges.append((st[1].min_raw, st[1].max_raw))
-        if not sizes or any(hi[i] > lo[i + 1] for i in range(len(sizes) - 1)):
-            return None
-        file_ranges.append((lo[0], hi[-1]))
-        out.append(KeyStatistics(np.array(sizes, dtype=np.int64), lo, hi))
+        stats, pids = got
+        out.append(stats)
+        pid_ranges += pids
+        file_ranges.append((stats.acc_min[0], stats.acc_max[-1]))
     if not _apart(file_ranges) or not _apart(pid_ranges):
         return None
     return out
+
+
+def _file_key_statistics(path: Path) -> tuple[KeyStatistics, list[tuple[bytes, bytes]]] | None:
+    """One file's :class:`KeyStatistics` and its row groups' ``position_id`` ranges, or ``None`` where its
+    footer does not give them (see :func:`key_statistics`) or its account ranges are out of order."""
+    md = pq.ParquetFile(path).metadata
+    paths = [md.schema.column(j).path for j in range(md.num_columns)]  # top-level columns only, not fields
+    if paths.count("account_id") != 1 or paths.count("position_id") != 1:
+        return None
+    cols = paths.index("account_id"), paths.index("position_id")
+    if any(getattr(md.schema.column(j).logical_type, "type", None) != "STRING" for j in cols):
+        return None
+    sizes, lo, hi, pids = [], [], [], []
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        if rg.num_rows == 0:
+            return None
+        st = [rg.column(j).statistics for j in cols]
+        if any(s is None or not s.has_min_max or not s.has_null_count or s.null_count for s in st):
+            return None
+        sizes.append(rg.num_rows)
+        lo.append(st[0].min_raw)
+        hi.append(st[0].max_raw)
+        pids.append((st[1].min_raw, st[1].max_raw))
+    if not sizes or any(hi[i] > lo[i + 1] for i in range(len(sizes) - 1)):
+        return None
+    return KeyStatistics(np.array(sizes, dtype=np.int64), lo, hi), pids
 
 
 def _apart(ranges: list[tuple[Any, Any]]) -> bool:

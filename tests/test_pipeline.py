@@ -462,7 +462,8 @@ def test_plan_from_the_footers_is_the_plan_from_the_columns(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("case", ["no_statistics", "ids_overlap", "accounts_out_of_order", "account_in_two_files",
-                                  "missing_id", "integer_ids", "no_position_id", "nested_ids", "hive"])
+                                  "missing_id", "integer_ids", "no_position_id", "nested_ids", "hive",
+                                  "not_parquet"])
 def test_footers_that_do_not_prove_the_order_are_not_used(tmp_path, case):
     """Footers are used only when they prove what the plan needs; otherwise the columns are read, and the
     plan still finds a repeated id or an account in two files."""
@@ -494,10 +495,19 @@ def test_footers_that_do_not_prove_the_order_are_not_used(tmp_path, case):
     elif case == "nested_ids":  # a field named position_id inside a struct is not the column
         nested = b.drop(columns="position_id").assign(meta=[{"position_id": v} for v in b["position_id"]])
         _write_row_groups(nested, f1, [len(b)])
-    else:  # hive folders: the file's own columns are not all there is to it
+    elif case == "hive":  # hive folders: the file's own columns are not all there is to it
         (d / "region=x").mkdir()
         f1.rename(d / "region=x" / f1.name)
+    else:  # no footer at all: the reader's one-line error, naming the file
+        f1.write_bytes(b"not a parquet file")
     assert key_statistics(list_input_files(d)) is None
+    if case == "not_parquet":
+        from gpu_margin._exceptions import InputFileError
+
+        with pytest.raises(InputFileError, match=f1.name) as err:
+            plan_partitions(d, 1000)
+        assert "\n" not in str(err.value)
+        return
     if case == "hive":  # read whole by the positions reader, which wants a real book
         return
     plan = plan_partitions(d, 1000)
