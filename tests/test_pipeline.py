@@ -386,6 +386,25 @@ def test_write_table_in_order_is_the_file_of_the_reordered_table(tmp_path, monke
     assert pq.ParquetFile(tmp_path / "streamed.parquet").metadata.num_row_groups == 4
     assert (tmp_path / "streamed.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
 
+def test_outputs_have_statistics_where_they_prune(tmp_path):
+    """Every output's leading sort key and non-text columns carry min/max statistics (a reader's filter
+    on the account skips row groups); the other text columns, sorted only within an account, carry none."""
+    import datetime
+
+    from gpu_margin._outputs import SCHEMAS, SORT_KEYS, statistics_columns, write_table
+
+    value = {pa.string(): ["A1", "A2"], pa.float64(): [1.5, 2.5], pa.int64(): [1, 2], pa.bool_(): [False, True],
+             pa.date32(): [datetime.date(2024, 6, 3), datetime.date(2024, 6, 5)]}
+    for name, schema in SCHEMAS.items():
+        assert schema.names[0] == SORT_KEYS[name][0]
+        write_table(pa.table({f.name: value[f.type] for f in schema}, schema=schema), tmp_path / f"{name}.parquet")
+        rg = pq.ParquetFile(tmp_path / f"{name}.parquet").metadata.row_group(0)
+        have = {rg.column(i).path_in_schema for i in range(rg.num_columns) if rg.column(i).is_stats_set}
+        want = {f.name for i, f in enumerate(schema) if i == 0 or not pa.types.is_string(f.type)}
+        assert have == want == set(statistics_columns(schema)), name
+        stats = rg.column(0).statistics
+        assert (stats.min, stats.max) == tuple(value[schema[0].type])
+
 
 def test_is_sorted_agrees_with_a_stable_sort():
     """The shortcut of sort_table: a table counts as sorted exactly when sorting it changes nothing."""
