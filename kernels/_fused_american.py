@@ -684,6 +684,35 @@ def _grid_loop(call, spot, strike, t, vol, rate, q, row, u_tab, slot_tab, row_le
                row_levels, n_slots, by_option, scen_order, slot_start, relative, floor, out)
 
 
+def _row_slots(vol_shock: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each row's distinct volatility shocks, for all rows at once (no loop over the rows).
+
+    ``vol_shock`` ``(k, m)``. Returns ``slot_tab`` (scenario ``j``'s place among its row's distinct
+    levels, ascending), ``row_levels`` (row ``r``'s levels in its first ``n_slots[r]`` places, 0 after),
+    ``n_slots``, ``scen_order`` (each row's scenarios by slot, stable) and ``slot_start``
+    (``slot_start[r, s]:slot_start[r, s + 1]`` are slot ``s``'s scenarios in ``scen_order[r]``, for
+    ``s < n_slots[r]``; 0 after the last slot's end).
+    """
+    k, m = vol_shock.shape
+    levels = np.unique(vol_shock.reshape(-1))
+    level_idx = np.searchsorted(levels, vol_shock)  # (k, m), codes of the levels, ascending
+    rows = np.repeat(np.arange(k, dtype=np.int64), m)
+    present = np.zeros((k, levels.shape[0]), dtype=bool)
+    present[rows, level_idx.reshape(-1)] = True
+    rank = np.cumsum(present, axis=1) - 1  # a present level's place among its row's levels
+    slot_tab = rank[rows, level_idx.reshape(-1)].reshape(k, m).astype(np.int64)
+    n_slots = present.sum(axis=1).astype(np.int64)
+    row_levels = np.zeros((k, m), dtype=np.float64)
+    r_at, l_at = np.nonzero(present)
+    row_levels[r_at, rank[r_at, l_at]] = levels[l_at]
+    scen_order = np.argsort(slot_tab, axis=1, kind="stable").astype(np.int64)
+    count = np.zeros((k, m), dtype=np.int64)
+    np.add.at(count, (rows, slot_tab.reshape(-1)), 1)
+    slot_start = np.zeros((k, m + 1), dtype=np.int64)
+    slot_start[:, 1:] = np.where(np.arange(m)[None, :] < n_slots[:, None], np.cumsum(count, axis=1), 0)
+    return slot_tab, row_levels, n_slots, scen_order, slot_start
+
+
 def american_grid_fused(
     call: np.ndarray,
     spot: np.ndarray,
@@ -704,20 +733,7 @@ def american_grid_fused(
     # each row's distinct volatility shocks (a contract solves only its own row's levels),
     # sorted as the xp path's levels are; slot_tab[r, j] is scenario j's level among them, and
     # scen_order[r, slot_start[r, s]:slot_start[r, s + 1]] the scenarios of level s
-    levels = np.unique(vol_shock.reshape(-1))
-    level_idx = np.searchsorted(levels, vol_shock)
-    row_levels = np.zeros((k, m), dtype=np.float64)
-    slot_tab = np.empty((k, m), dtype=np.int64)
-    n_slots = np.empty(k, dtype=np.int64)
-    scen_order = np.empty((k, m), dtype=np.int64)
-    slot_start = np.zeros((k, m + 1), dtype=np.int64)
-    for r in range(k):
-        used, slot, count = np.unique(level_idx[r], return_inverse=True, return_counts=True)
-        n_slots[r] = used.shape[0]
-        row_levels[r, : used.shape[0]] = levels[used]
-        slot_tab[r] = slot.reshape(-1)
-        scen_order[r] = np.argsort(slot_tab[r], kind="stable")
-        slot_start[r, 1 : used.shape[0] + 1] = np.cumsum(count)
+    slot_tab, row_levels, n_slots, scen_order, slot_start = _row_slots(vol_shock)
     by_option = m >= OPTION_MAJOR * n_slots  # a row's rule, so a value never depends on its neighbours
     # blocks of contracts: about BLOCK_OPTIONS options each, and at least 32 blocks where the book
     # allows, handed to the threads one at a time so that a core slowed by other work takes fewer

@@ -204,3 +204,23 @@ def test_fused_from_worker_threads_matches_main_thread():
     assert sorted(box) == [0, 1, 2, 3]
     for v in box.values():
         np.testing.assert_array_equal(v, main)
+
+
+def test_row_slots_match_each_rows_own_unique():
+    """The slot tables built for all shock rows at once are, row by row, what ``np.unique`` of the row's
+    level codes gives (levels ascending, scenarios stably by slot, slot starts 0 after the last)."""
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        k, m = int(rng.integers(1, 10)), int(rng.integers(1, 30))
+        pool = rng.choice([-0.3, -0.1, 0.0, 0.05, 0.25, 0.5], size=int(rng.integers(1, 6)), replace=False)
+        vol_shock = rng.choice(pool, size=(k, m))
+        slot_tab, row_levels, n_slots, scen_order, slot_start = _fused_american._row_slots(vol_shock)
+        levels = np.unique(vol_shock)
+        for r in range(k):  # the reference: one row at a time
+            used, slot, count = np.unique(np.searchsorted(levels, vol_shock[r]), return_inverse=True,
+                                          return_counts=True)
+            assert n_slots[r] == used.size
+            np.testing.assert_array_equal(slot_tab[r], slot)
+            np.testing.assert_array_equal(row_levels[r], np.r_[levels[used], np.zeros(m - used.size)])
+            np.testing.assert_array_equal(scen_order[r], np.argsort(slot, kind="stable"))
+            np.testing.assert_array_equal(slot_start[r], np.r_[0, np.cumsum(count), np.zeros(m - used.size)])
