@@ -528,9 +528,13 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     backend = select_backend(ctx.device)
     meth = load_methodology(ctx.job.methodology)
     # the partition's accounts (rejected rows' too), matched in Arrow: no Python string per row
-    ids = pc.unique(pc.drop_null(arrow_strings(pos["account_id"]))) if len(pos) else pa.array([], pa.string())
+    ids = distinct_accounts(pa.chunked_array([arrow_strings(pos["account_id"])])) if len(pos) else \
+        pa.array([], pa.string())
     accounts, account_ids, ordered = accounts_table(ctx)
-    acc = accounts.take(rows_of_accounts(account_ids, ordered, ids))
+    rows = rows_of_accounts(account_ids, ordered, ids)
+    # the accounts of a book written in account order are one block of the accounts file: a view of it
+    acc = accounts.iloc[rows[0]:rows[-1] + 1] if rows.size and rows[-1] - rows[0] + 1 == rows.size else \
+        accounts.take(rows)
     res = margin_frames(valid, rejects, ctx.market, acc, meth, backend, scenarios=ctx.scenarios,
                         multipliers=ctx.job.multipliers, account_ids=ids)
     t["margin"] = time.perf_counter() - t0
