@@ -98,7 +98,8 @@ def _sort_ranks(values: pa.Array) -> tuple[np.ndarray, int]:
     return rank[pc.fill_null(enc.indices, n_names).to_numpy(zero_copy_only=False).astype(np.int64)], n_names + 1
 
 
-def book_order(pos: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
+def book_order(pos: pd.DataFrame, und_rank: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray | None,
+                                                                                         np.ndarray]:
     """The rows in book order (account, product group, underlying, position id) and each book row's rank
     in (account, position id) order (what Reg T ties and output rows follow).
 
@@ -108,6 +109,8 @@ def book_order(pos: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
     with no string sort of the rows. Otherwise Arrow sorts of the strings:
     the four keys (skipped when the rows are in book order already), then
     account and id. The first item is ``None`` when the rows are in book order.
+    ``und_rank``: order-preserving codes of every row's underlying and their bound (places in the sorted
+    names of the market, which every valid underlying has), used instead of ranking the strings again.
     """
     n = len(pos)
     if n == 0:
@@ -128,7 +131,7 @@ def book_order(pos: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
         acc_rank[name_order] = np.arange(starts.size, dtype=np.int64)
         acc_code = acc_rank[run]
         pg, n_pg = _sort_ranks(_arrow(pos["product_group"]))
-        und, n_und = _sort_ranks(_arrow(pos["underlying"]))
+        und, n_und = und_rank if und_rank is not None else _sort_ranks(_arrow(pos["underlying"]))
         if starts.size * n_pg * n_und * n < 1 << 62:
             rows = np.arange(n, dtype=np.int64)  # the id order within an account
             order = np.argsort(((acc_code * n_pg + pg) * n_und + und) * n + rows)
@@ -161,10 +164,18 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
     """
     n = len(pos)
     key_cols = ("account_id", "product_group", "underlying", "position_id")
-    order, pid_rank = book_order(pos)
+    # each row's underlying as its place in the market's sorted names (-1: not there), coded once: it
+    # orders the book and is the contracts' and the scenarios' underlying code
+    und = pc.index_in(_arrow(pos["underlying"]), value_set=pa.array(np.asarray(und_names, dtype=object),
+                                                                  type=pa.string()))
+    und = pc.fill_null(und, -1).to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
+    known = bool(n) and int(und.min()) >= 0  # then equal codes are equal names
+    order, pid_rank = book_order(pos, (und, len(und_names)) if known else None)
     pos = (pos if order is None else pos.take(order)).reset_index(drop=True)
-    skeys = {c: _arrow(pos[c]) for c in key_cols[:3]}  # the sorted keys (zero-copy from Arrow-backed columns)
-    acc_new, pg_new, und_new = (run_starts(skeys[c]) for c in key_cols[:3])
+    und = und if order is None else und[order]
+    skeys = {c: _arrow(pos[c]) for c in key_cols[:2]}  # the sorted keys (zero-copy from Arrow-backed columns)
+    acc_new, pg_new = (run_starts(skeys[c]) for c in key_cols[:2])
+    und_new = np.r_[True, und[1:] != und[:-1]] if known else run_starts(_arrow(pos["underlying"]))
     cls_codes = _runs(acc_new, pg_new, und_new)
     grp_codes = _runs(acc_new, pg_new)
     first_cls = np.flatnonzero(acc_new | pg_new | und_new)
@@ -177,9 +188,6 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
     kind_code = pc.index_in(_arrow(pos["kind"]), value_set=pa.array(_KINDS)).to_numpy(zero_copy_only=False)
     kind_code = kind_code.astype(np.int8)
     is_opt = kind_code == 1
-    und = pc.index_in(skeys["underlying"], value_set=pa.array(np.asarray(und_names, dtype=object),
-                                                                      type=pa.string()))
-    und = pc.fill_null(und, -1).to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
     # distinct contracts on their pricing inputs (the underlying by its code)
     opt_rows = np.flatnonzero(is_opt)
     ccodes = _contract_codes([und[opt_rows]] + [pos[c].to_numpy()[opt_rows] for c in CONTRACT_KEY[1:]])

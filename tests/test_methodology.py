@@ -390,6 +390,32 @@ def test_prepare_book_is_the_same_whatever_the_row_order(seed, monkeypatch):
         assert got.account_ids.equals(want.account_ids)
 
 
+def test_prepare_book_orders_by_the_names_when_the_market_lacks_an_underlying():
+    """Books are ordered on the market's codes of the underlying only when every row has one; a row whose
+    underlying the names lack (never after validation) is placed by its name, its code -1."""
+    import pyarrow as pa
+
+    from gpu_margin._io import is_sorted
+
+    rng = np.random.default_rng(11)
+    rows = book(_random_rows(rng, n=80), MARKET)
+    rows = rows.sort_values(["account_id", "position_id"]).reset_index(drop=True)  # ordered on integer keys
+    # the last of two underlyings of one account and product group: coded -1 it would come first
+    mixed = rows.groupby(["account_id", "product_group"])["underlying"].agg(["nunique", "max"])
+    dropped = mixed.loc[mixed["nunique"] > 1, "max"].iloc[0]
+    und = np.sort(MARKET["underlying"].to_numpy(object))
+    got = prepare_book(rows, und[und != dropped])
+    keys = ["account_id", "product_group", "underlying", "position_id"]
+    assert is_sorted(pa.Table.from_pandas(got.pos[keys], preserve_index=False), keys)
+    lacking = (got.pos["underlying"] == dropped).to_numpy()
+    assert lacking.any() and (got.pos["_und"].to_numpy()[lacking] == -1).all()
+    assert (got.pos["_und"].to_numpy()[~lacking] >= 0).all()
+    runs = got.pos[keys[:3]].ne(got.pos[keys[:3]].shift()).any(axis=1).cumsum().to_numpy() - 1
+    assert got.pos["_cls"].tolist() == runs.tolist()
+    full = prepare_book(rows, und)
+    pd.testing.assert_frame_equal(got.pos.drop(columns=["_und", "_con"]), full.pos.drop(columns=["_und", "_con"]))
+
+
 def test_first_max_of_runs_is_the_sorted_choice():
     """An account's worst group (its largest requirement, the first on ties, NaN below any number) found
     with no sort equals the choice of a stable sort of (account, -requirement, index)."""
