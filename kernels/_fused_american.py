@@ -691,25 +691,28 @@ def _row_slots(vol_shock: np.ndarray) -> tuple[np.ndarray, ...]:
     levels, ascending), ``row_levels`` (row ``r``'s levels in its first ``n_slots[r]`` places, 0 after),
     ``n_slots``, ``scen_order`` (each row's scenarios by slot, stable) and ``slot_start``
     (``slot_start[r, s]:slot_start[r, s + 1]`` are slot ``s``'s scenarios in ``scen_order[r]``, for
-    ``s < n_slots[r]``; 0 after the last slot's end).
+    ``s < n_slots[r]``; 0 after the last slot's end). One stable sort of each row's level codes: memory
+    of order ``k * m`` whatever the number of distinct levels (a replay's table has about one per cell).
     """
     k, m = vol_shock.shape
     levels = np.unique(vol_shock.reshape(-1))
     level_idx = np.searchsorted(levels, vol_shock)  # (k, m), codes of the levels, ascending
-    rows = np.repeat(np.arange(k, dtype=np.int64), m)
-    present = np.zeros((k, levels.shape[0]), dtype=bool)
-    present[rows, level_idx.reshape(-1)] = True
-    rank = np.cumsum(present, axis=1) - 1  # a present level's place among its row's levels
-    slot_tab = rank[rows, level_idx.reshape(-1)].reshape(k, m).astype(np.int64)
-    n_slots = present.sum(axis=1).astype(np.int64)
+    scen_order = np.argsort(level_idx, axis=1, kind="stable").astype(np.int64)  # = by slot, stably
+    srt = np.take_along_axis(level_idx, scen_order, axis=1)
+    new = np.ones((k, m), dtype=bool)  # where a row's sorted codes start a new level
+    new[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    slot_sorted = np.cumsum(new, axis=1) - 1
+    slot_tab = np.empty((k, m), dtype=np.int64)
+    np.put_along_axis(slot_tab, scen_order, slot_sorted, axis=1)
+    n_slots = new.sum(axis=1).astype(np.int64)
     row_levels = np.zeros((k, m), dtype=np.float64)
-    r_at, l_at = np.nonzero(present)
-    row_levels[r_at, rank[r_at, l_at]] = levels[l_at]
-    scen_order = np.argsort(slot_tab, axis=1, kind="stable").astype(np.int64)
-    count = np.zeros((k, m), dtype=np.int64)
-    np.add.at(count, (rows, slot_tab.reshape(-1)), 1)
+    r, c = np.nonzero(new)
+    row_levels[r, slot_sorted[r, c]] = levels[srt[r, c]]
     slot_start = np.zeros((k, m + 1), dtype=np.int64)
-    slot_start[:, 1:] = np.where(np.arange(m)[None, :] < n_slots[:, None], np.cumsum(count, axis=1), 0)
+    last = np.ones((k, m), dtype=bool)  # where a level's run ends: the next slot starts after it
+    last[:, :-1] = new[:, 1:]
+    r, c = np.nonzero(last)
+    slot_start[r, slot_sorted[r, c] + 1] = c + 1
     return slot_tab, row_levels, n_slots, scen_order, slot_start
 
 
@@ -729,7 +732,7 @@ def american_grid_fused(
 ) -> np.ndarray:
     """Same contract as ``kernels.grid._american_grid`` for NumPy inputs; ``(n, m)`` float64."""
     n = spot.shape[0]
-    k, m = spot_shock.shape
+    m = spot_shock.shape[1]
     # each row's distinct volatility shocks (a contract solves only its own row's levels),
     # sorted as the xp path's levels are; slot_tab[r, j] is scenario j's level among them, and
     # scen_order[r, slot_start[r, s]:slot_start[r, s + 1]] the scenarios of level s

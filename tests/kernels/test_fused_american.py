@@ -210,10 +210,12 @@ def test_row_slots_match_each_rows_own_unique():
     """The slot tables built for all shock rows at once are, row by row, what ``np.unique`` of the row's
     level codes gives (levels ascending, scenarios stably by slot, slot starts 0 after the last)."""
     rng = np.random.default_rng(7)
-    for _ in range(500):
+    for trial in range(600):
         k, m = int(rng.integers(1, 10)), int(rng.integers(1, 30))
-        pool = rng.choice([-0.3, -0.1, 0.0, 0.05, 0.25, 0.5], size=int(rng.integers(1, 6)), replace=False)
+        pool = rng.choice([-0.3, -0.1, 0.0, 0.05, 0.25, np.nan], size=int(rng.integers(1, 6)), replace=False)
         vol_shock = rng.choice(pool, size=(k, m))
+        if trial % 6 == 0:  # a replay's table: about one level per cell, some repeated
+            vol_shock = np.round(rng.normal(0.0, 0.2, (k, m)), 2)
         slot_tab, row_levels, n_slots, scen_order, slot_start = _fused_american._row_slots(vol_shock)
         levels = np.unique(vol_shock)
         for r in range(k):  # the reference: one row at a time
@@ -224,3 +226,19 @@ def test_row_slots_match_each_rows_own_unique():
             np.testing.assert_array_equal(row_levels[r], np.r_[levels[used], np.zeros(m - used.size)])
             np.testing.assert_array_equal(scen_order[r], np.argsort(slot, kind="stable"))
             np.testing.assert_array_equal(slot_start[r], np.r_[0, np.cumsum(count), np.zeros(m - used.size)])
+
+
+def test_row_slots_memory_grows_with_the_table_not_its_distinct_levels():
+    """A replay's shock table has about one distinct level per cell: the slot tables take memory of order
+    k x m (a dense k x levels table would take k^2 x m: 2 GB here)."""
+    import tracemalloc
+
+    k, m = 1000, 251
+    vol_shock = np.random.default_rng(3).normal(0.0, 0.2, (k, m))
+    tracemalloc.start()
+    try:
+        _fused_american._row_slots(vol_shock)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * k * m * 8  # about 8 MB of output and as much again of temporaries
