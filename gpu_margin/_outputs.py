@@ -103,7 +103,14 @@ def statistics_columns(schema: pa.Schema) -> list[str]:
     string (0.2-0.45 s per 11M rows and column, about a sixth of the encoding; benchmarks/RESULTS.md,
     seventh session).
     """
-    return [f.name for i, f in enumerate(schema) if i == 0 or not pa.types.is_string(f.type)]
+    return [f.name for i, f in enumerate(schema) if i == 0 or not _is_text(f.type)]
+
+
+def _is_text(t: pa.DataType) -> bool:
+    """Strings in any Arrow layout: plain, large, view, or dictionary-encoded."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
 def write_table(table: pa.Table, path: Path, order: np.ndarray | None = None) -> None:

@@ -160,16 +160,20 @@ def prepare_book(pos: pd.DataFrame, und_names: np.ndarray) -> Book:
     Positions are ordered by account, product group, underlying and position id
     (:func:`book_order`); classes and groups are runs of that order; option
     contracts are deduplicated on their pricing inputs. ``_pid_rank`` is each
-    row's place in (account, position id) order.
+    row's place in (account, position id) order. ``und_names``: the market's
+    underlyings in ascending order (``np.sort``, as :func:`gpu_margin._compute.margin_frames`
+    passes them); ``_und`` is each row's place among them (-1: not there).
     """
     n = len(pos)
     key_cols = ("account_id", "product_group", "underlying", "position_id")
     # each row's underlying as its place in the market's sorted names (-1: not there), coded once: it
     # orders the book and is the contracts' and the scenarios' underlying code
-    und = pc.index_in(_arrow(pos["underlying"]), value_set=pa.array(np.asarray(und_names, dtype=object),
-                                                                  type=pa.string()))
+    names = np.asarray(und_names, dtype=object)
+    und = pc.index_in(_arrow(pos["underlying"]), value_set=pa.array(names, type=pa.string()))
     und = pc.fill_null(und, -1).to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
-    known = bool(n) and int(und.min()) >= 0  # then equal codes are equal names
+    # codes order the rows as the names do when every row has one and the names ascend (then equal codes
+    # are equal names); otherwise the names themselves are ranked
+    known = bool(n) and int(und.min()) >= 0 and bool(np.all(names[1:] > names[:-1]))
     order, pid_rank = book_order(pos, (und, len(und_names)) if known else None)
     pos = (pos if order is None else pos.take(order)).reset_index(drop=True)
     und = und if order is None else und[order]

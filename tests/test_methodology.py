@@ -414,6 +414,11 @@ def test_prepare_book_orders_by_the_names_when_the_market_lacks_an_underlying():
     assert got.pos["_cls"].tolist() == runs.tolist()
     full = prepare_book(rows, und)
     pd.testing.assert_frame_equal(got.pos.drop(columns=["_und", "_con"]), full.pos.drop(columns=["_und", "_con"]))
+    # names in descending order: the book is ordered by the names all the same, each code a place among them
+    descending = und[::-1]  # every pair of names inverted
+    got = prepare_book(rows, descending)
+    pd.testing.assert_frame_equal(got.pos.drop(columns=["_und", "_con"]), full.pos.drop(columns=["_und", "_con"]))
+    assert (descending[got.pos["_und"].to_numpy()] == got.pos["underlying"].to_numpy(object)).all()
 
 
 def test_first_max_of_runs_is_the_sorted_choice():
