@@ -405,8 +405,9 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
     counts = np.zeros(n, dtype=np.int64)
     for fi in range(len(files)):
         counts += np.bincount(account_bucket(hashed(fi), n), minlength=n)
+    buckets = np.flatnonzero(counts) if counts.any() else np.zeros(1, np.int64)  # no rows: one empty partition
     parts = [Partition(i, tuple((fi, int(b)) for fi in range(len(files))), int(counts[b]), n)
-             for i, b in enumerate(np.flatnonzero(counts))]
+             for i, b in enumerate(buckets)]
     return Plan(files, rows, parts, f"{len(files)} file(s) repartitioned by account_id into {len(parts)} "
                                     f"partition(s) ({why})", duplicates)
 
@@ -473,6 +474,25 @@ def rows_of_accounts(ids: pa.Array, ordered: bool, wanted: pa.Array) -> np.ndarr
     return lo + np.flatnonzero(found.to_numpy(zero_copy_only=False))
 
 
+def accounts_without_positions(work: Path, accounts: pd.DataFrame, summaries: list[dict[str, Any]]) -> pa.Array:
+    """The accounts file's ids that no partition reported (no position and no rejected row), in file order.
+
+    When the partitions' reported accounts found in the accounts file add up to
+    its rows (ids are unique), every account is covered and nothing is read;
+    otherwise the ids are matched against the partitions' ``accounts`` parts.
+    """
+    from ._io import arrow_strings  # noqa: PLC0415
+
+    if sum(int(s.get("accounts_in_file", -1)) for s in summaries) == len(accounts):
+        return pa.array([], pa.string())
+    ids = arrow_strings(accounts["account_id"])
+    parts = [read_part(p).column("account_id") for p in sorted((work / "parts" / "accounts").glob("part-*.arrow"))]
+    if not parts:
+        return ids
+    seen = pa.chunked_array([c for p in parts for c in p.chunks], type=pa.string()).combine_chunks()
+    return ids.filter(pc.invert(pc.is_in(ids, value_set=seen.cast(ids.type))))
+
+
 def _done_marker(ctx: Context, part: Partition) -> Path:
     return ctx.work / "parts" / "done" / f"part-{part.number:05d}.json"
 
@@ -505,8 +525,13 @@ def margin_partition(pos: pd.DataFrame, ctx: Context, parts: list[Partition],
     return pd.DataFrame({"summary": [run_partition(ctx, part, pos)]})
 
 
-def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Margin one partition and write its part files; returns counts and stage timings."""
+def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None,
+                  ids: pa.Array | None = None) -> dict[str, Any]:
+    """Margin one partition and write its part files; returns counts and stage timings.
+
+    ``ids``: the accounts to report (by default those of the partition's rows, rejected ones included);
+    the accounts of the accounts file that hold no position are margined this way, with no rows.
+    """
     from ._backend import select_backend  # noqa: PLC0415
     from ._calls import margin_calls_and_plans  # noqa: PLC0415
     from ._compute import ENGINE_COLUMNS, margin_frames  # noqa: PLC0415
@@ -528,11 +553,13 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
     backend = select_backend(ctx.device)
     meth = load_methodology(ctx.job.methodology)
     # the partition's accounts (rejected rows' too), matched in Arrow: no Python string per row
-    ids = distinct_accounts(pa.chunked_array([arrow_strings(pos["account_id"])])) if len(pos) else \
-        pa.array([], pa.string())
+    if ids is None:
+        ids = distinct_accounts(pa.chunked_array([arrow_strings(pos["account_id"])])) if len(pos) else \
+            pa.array([], pa.string())
     accounts, account_ids, ordered = accounts_table(ctx)
     rows = rows_of_accounts(account_ids, ordered, ids)
     # the accounts of a book written in account order are one block of the accounts file: a view of it
+    # (read only: margin_frames never writes to it, and the cached table stays as read)
     acc = accounts.iloc[rows[0]:rows[-1] + 1] if rows.size and rows[-1] - rows[0] + 1 == rows.size else \
         accounts.take(rows)
     res = margin_frames(valid, rejects, ctx.market, acc, meth, backend, scenarios=ctx.scenarios,
@@ -558,7 +585,8 @@ def run_partition(ctx: Context, part: Partition, pos: pd.DataFrame | None = None
         firm = sp.matrix.sum(axis=0).tolist()
     t["write"] = time.perf_counter() - t0
     summary = {"partition": part.number, "rows_in": len(pos), "valid": len(valid), "rejected": len(rejects),
-               "counts": counts, "seconds": t, "resumed": False, "firm_pnl": firm}
+               "counts": counts, "seconds": t, "resumed": False, "firm_pnl": firm,
+               "accounts_in_file": int(rows.size)}  # reported accounts that have a row in the accounts file
     done.parent.mkdir(parents=True, exist_ok=True)
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary))
@@ -725,6 +753,14 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
     with dask_scheduler(job.scheduler, job.device, show) as (compute, sched_desc):
         log.info("scheduler: %s", sched_desc)
         summaries = list(compute(results)["summary"])
+        # accounts of the accounts file with no position in the book (cash only): one more part, no rows
+        cash_only = accounts_without_positions(work, accounts_in.frame, summaries)
+        if len(cash_only):
+            log.info("accounts: %d in the accounts file hold no position; margined on their cash", len(cash_only))
+            from ._io import positions_table, to_frame  # noqa: PLC0415
+
+            empty = to_frame(positions_table(plan.files[0], (0, 0))[0])
+            summaries.append(run_partition(ctx, Partition(len(plan.partitions), (), 0), empty, ids=cash_only))
     timings["partitions_wall"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -796,6 +832,7 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
         "counts": {"positions_in": rows_in, "positions_priced": valid, "positions_rejected": rejected,
                    "reconciles": rows_in == valid + rejected == sum(plan.rows_per_file),
                    "accounts_out": outputs["accounts.parquet"]["rows"],
+                   "accounts_without_positions": len(cash_only),
                    "margin_calls": outputs["margin_calls.parquet"]["rows"]},
         "timings_seconds": {**timings, "stages_summed_over_partitions": stage, "total": elapsed},
         "versions": _versions(),

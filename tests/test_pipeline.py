@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +151,60 @@ def test_a_duplicate_position_id_split_across_partitions_is_rejected_whatever_th
     assert dup["message"].str.contains("appears 2 times").all()
     for other in outs[1:]:
         assert_equal_results(outs[0], other)
+
+
+@pytest.mark.parametrize("partitions", [None, 1, 3])
+def test_a_book_of_no_positions_runs_to_empty_results(book_dir, tmp_path, partitions):
+    """An empty positions file is a book of no positions, whatever partitions are asked for: every account
+    of the accounts file reported with nothing held, no traceback."""
+    pos = pd.read_parquet(next((book_dir / "positions").iterdir()))
+    (tmp_path / "positions").mkdir()
+    pos.iloc[:0].to_parquet(tmp_path / "positions" / "part-0.parquet")
+    for name in ("market.parquet", "accounts.parquet"):
+        shutil.copy(book_dir / name, tmp_path / name)
+    shutil.copy(book_dir / "job.toml", tmp_path / "job.toml")
+    out = run(tmp_path, tmp_path / "out", *(() if partitions is None else ("--partitions", partitions)))
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["positions_in"] == 0 and m["counts"]["reconciles"]
+    acc = pd.read_parquet(out / "accounts.parquet")
+    assert len(acc) == len(pd.read_parquet(book_dir / "accounts.parquet"))
+    assert (acc["n_positions"] == 0).all() and (acc["pm_requirement"] == 0).all()
+    assert len(pd.read_parquet(out / "regt_legs.parquet")) == 0
+
+
+def test_accounts_without_positions_are_margined_and_called(book_dir, tmp_path):
+    """An account of the accounts file with no position (cash only) is reported, and called when its cash
+    is negative, as ``compute`` does, whatever the partitions."""
+    shutil.copytree(book_dir / "positions", tmp_path / "positions")
+    shutil.copy(book_dir / "market.parquet", tmp_path / "market.parquet")
+    shutil.copy(book_dir / "job.toml", tmp_path / "job.toml")
+    acc = pd.read_parquet(book_dir / "accounts.parquet")
+    extra = pd.DataFrame({"account_id": ["AAA0", "ACC0010x", "ZZZ9"], "cash": [1e6, -2500.0, -40.0],
+                          "account_type": ["regt", "portfolio", "regt"]})
+    pd.concat([acc, extra], ignore_index=True).to_parquet(tmp_path / "accounts.parquet")
+    outs = [run(tmp_path, tmp_path / "a"), run(tmp_path, tmp_path / "b", "--partitions", 3)]
+    assert_equal_results(*outs)
+    got = pd.read_parquet(outs[0] / "accounts.parquet").set_index("account_id")
+    assert len(got) == len(acc) + 3 and got.index.is_monotonic_increasing
+    for _, e in extra.iterrows():
+        row = got.loc[e["account_id"]]
+        assert row["n_positions"] == 0 and row["nlv"] == e["cash"] and row["pm_requirement"] == 0.0
+        assert row["regt_maintenance"] == 0.0 and row["account_type"] == e["account_type"]
+    calls = pd.read_parquet(outs[0] / "margin_calls.parquet").set_index("account_id")
+    assert calls.loc["ACC0010x", "reason"] == "pm_deficit" and calls.loc["ACC0010x", "deficit"] == 2500.0
+    assert calls.loc["ZZZ9", "reason"] == "regt_deficit" and "AAA0" not in calls.index
+    plans = pd.read_parquet(outs[0] / "liquidation.parquet")
+    assert plans[plans["account_id"] == "ZZZ9"][["step", "cured"]].values.tolist() == [[0, False]]
+    m = json.loads((outs[0] / "manifest.json").read_text())
+    assert m["counts"]["accounts_without_positions"] == 3 and m["counts"]["reconciles"]
+    # the same accounts table as the Python API's (every account of the accounts file, sorted)
+    from gpu_margin import compute
+
+    pos = pd.concat([pd.read_parquet(f) for f in sorted((tmp_path / "positions").iterdir())], ignore_index=True)
+    api = compute(pos, pd.read_parquet(tmp_path / "market.parquet"), pd.read_parquet(tmp_path / "accounts.parquet"),
+                  asof="2024-03-15", rate=0.05, methodology="house")
+    want = api["accounts"].set_index("account_id").loc[extra["account_id"]]
+    pd.testing.assert_frame_equal(got.loc[extra["account_id"], want.columns], want, check_dtype=False, rtol=1e-12)
 
 
 @pytest.mark.parametrize("scheduler", ["sync", "processes"])
@@ -400,10 +455,18 @@ def test_outputs_have_statistics_where_they_prune(tmp_path):
         write_table(pa.table({f.name: value[f.type] for f in schema}, schema=schema), tmp_path / f"{name}.parquet")
         rg = pq.ParquetFile(tmp_path / f"{name}.parquet").metadata.row_group(0)
         have = {rg.column(i).path_in_schema for i in range(rg.num_columns) if rg.column(i).is_stats_set}
-        want = {f.name for i, f in enumerate(schema) if i == 0 or not pa.types.is_string(f.type)}
-        assert have == want == set(statistics_columns(schema)), name
+        assert have == set(statistics_columns(schema)), name
         stats = rg.column(0).statistics
         assert (stats.min, stats.max) == tuple(value[schema[0].type])
+    assert statistics_columns(SCHEMAS["regt_legs"]) == [
+        "account_id", "paired_quantity", "regt_initial", "regt_maintenance"]
+    assert statistics_columns(SCHEMAS["classes"]) == [
+        "account_id", "class_risk", "worst_price_move", "worst_vol_shock", "minimum", "contingency",
+        "concentration", "n_positions", "group_risk", "group_requirement"]
+    # text in any layout, as the replays' scenario_pnl writes its ids (dictionary-encoded)
+    text = pa.schema([("account_id", pa.dictionary(pa.int32(), pa.string())), ("a", pa.large_string()),
+                      ("b", pa.dictionary(pa.int32(), pa.string())), ("c", pa.string_view()), ("pnl", pa.float64())])
+    assert statistics_columns(text) == ["account_id", "pnl"]
 
 
 def test_is_sorted_agrees_with_a_stable_sort():
