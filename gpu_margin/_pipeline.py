@@ -479,14 +479,16 @@ def accounts_without_positions(work: Path, accounts: pd.DataFrame, summaries: li
 
     When the partitions' reported accounts found in the accounts file add up to
     its rows (ids are unique), every account is covered and nothing is read;
-    otherwise the ids are matched against the partitions' ``accounts`` parts.
+    otherwise the ids are matched against the partitions' ``accounts`` parts
+    (those of ``summaries`` only: a resumed run's part of these accounts is not one).
     """
     from ._io import arrow_strings  # noqa: PLC0415
 
     if sum(int(s.get("accounts_in_file", -1)) for s in summaries) == len(accounts):
         return pa.array([], pa.string())
     ids = arrow_strings(accounts["account_id"])
-    parts = [read_part(p).column("account_id") for p in sorted((work / "parts" / "accounts").glob("part-*.arrow"))]
+    parts = [read_part(work / "parts" / "accounts" / f"part-{s['partition']:05d}.arrow").column("account_id")
+             for s in summaries]
     if not parts:
         return ids
     seen = pa.chunked_array([c for p in parts for c in p.chunks], type=pa.string()).combine_chunks()

@@ -386,6 +386,36 @@ def test_resume_after_a_crash_gives_the_clean_result(book_dir, tmp_path):
     assert_equal_results(clean, tmp_path / "crash")
 
 
+def test_resume_after_a_crash_in_the_finish_keeps_the_cash_only_accounts(book_dir, tmp_path):
+    """Every part done, the accounts without positions' included, then a crash while writing the outputs:
+    the resumed run reuses every part and gives the clean run's files and counts."""
+    from gpu_margin import _pipeline
+
+    shutil.copytree(book_dir / "positions", tmp_path / "positions")
+    shutil.copy(book_dir / "market.parquet", tmp_path / "market.parquet")
+    shutil.copy(book_dir / "job.toml", tmp_path / "job.toml")
+    acc = pd.read_parquet(book_dir / "accounts.parquet")
+    extra = pd.DataFrame({"account_id": ["AAA0", "ZZZ9"], "cash": [-1.0, 2.0], "account_type": ["regt", "regt"]})
+    pd.concat([acc, extra], ignore_index=True).to_parquet(tmp_path / "accounts.parquet")
+    clean = run(tmp_path, tmp_path / "clean", "--partitions", 3)
+    job = load_job(tmp_path / "job.toml").with_overrides(out=tmp_path / "crash", scheduler="sync")
+    real = _pipeline.write_table
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    _pipeline.write_table = dies
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            _pipeline.run_job(job, n_partitions=3, progress=False)
+    finally:
+        _pipeline.write_table = real
+    res = _pipeline.run_job(job, resume=True, n_partitions=3, progress=False)
+    assert res.manifest["partitions"]["resumed"] == 4  # three partitions and the cash-only part
+    assert res.manifest["counts"]["accounts_without_positions"] == 2
+    assert same_files(clean, tmp_path / "crash")
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 def test_compute_gives_the_legs_frame_of_regt_requirements(seed):
     """compute() returns the Reg T legs as regt_requirements builds them (columns, dtypes, None partners),
