@@ -172,16 +172,23 @@ def test_a_book_of_no_positions_runs_to_empty_results(book_dir, tmp_path, partit
     assert len(pd.read_parquet(out / "regt_legs.parquet")) == 0
 
 
+def _book_with_more_accounts(book_dir: Path, tmp_path: Path, extra: pd.DataFrame) -> pd.DataFrame:
+    """The test book in ``tmp_path`` with the accounts ``extra`` (no positions) added to its accounts file;
+    returns the book's own accounts."""
+    shutil.copytree(book_dir / "positions", tmp_path / "positions")
+    for name in ("market.parquet", "job.toml"):
+        shutil.copy(book_dir / name, tmp_path / name)
+    acc = pd.read_parquet(book_dir / "accounts.parquet")
+    pd.concat([acc, extra], ignore_index=True).to_parquet(tmp_path / "accounts.parquet")
+    return acc
+
+
 def test_accounts_without_positions_are_margined_and_called(book_dir, tmp_path):
     """An account of the accounts file with no position (cash only) is reported, and called when its cash
     is negative, as ``compute`` does, whatever the partitions."""
-    shutil.copytree(book_dir / "positions", tmp_path / "positions")
-    shutil.copy(book_dir / "market.parquet", tmp_path / "market.parquet")
-    shutil.copy(book_dir / "job.toml", tmp_path / "job.toml")
-    acc = pd.read_parquet(book_dir / "accounts.parquet")
     extra = pd.DataFrame({"account_id": ["AAA0", "ACC0010x", "ZZZ9"], "cash": [1e6, -2500.0, -40.0],
                           "account_type": ["regt", "portfolio", "regt"]})
-    pd.concat([acc, extra], ignore_index=True).to_parquet(tmp_path / "accounts.parquet")
+    acc = _book_with_more_accounts(book_dir, tmp_path, extra)
     outs = [run(tmp_path, tmp_path / "a"), run(tmp_path, tmp_path / "b", "--partitions", 3)]
     assert_equal_results(*outs)
     got = pd.read_parquet(outs[0] / "accounts.parquet").set_index("account_id")
@@ -386,30 +393,22 @@ def test_resume_after_a_crash_gives_the_clean_result(book_dir, tmp_path):
     assert_equal_results(clean, tmp_path / "crash")
 
 
-def test_resume_after_a_crash_in_the_finish_keeps_the_cash_only_accounts(book_dir, tmp_path):
+def test_resume_after_a_crash_in_the_finish_keeps_the_cash_only_accounts(book_dir, tmp_path, monkeypatch):
     """Every part done, the accounts without positions' included, then a crash while writing the outputs:
     the resumed run reuses every part and gives the clean run's files and counts."""
     from gpu_margin import _pipeline
 
-    shutil.copytree(book_dir / "positions", tmp_path / "positions")
-    shutil.copy(book_dir / "market.parquet", tmp_path / "market.parquet")
-    shutil.copy(book_dir / "job.toml", tmp_path / "job.toml")
-    acc = pd.read_parquet(book_dir / "accounts.parquet")
     extra = pd.DataFrame({"account_id": ["AAA0", "ZZZ9"], "cash": [-1.0, 2.0], "account_type": ["regt", "regt"]})
-    pd.concat([acc, extra], ignore_index=True).to_parquet(tmp_path / "accounts.parquet")
+    _book_with_more_accounts(book_dir, tmp_path, extra)
     clean = run(tmp_path, tmp_path / "clean", "--partitions", 3)
     job = load_job(tmp_path / "job.toml").with_overrides(out=tmp_path / "crash", scheduler="sync")
-    real = _pipeline.write_table
-
-    def dies(*args, **kwargs):
+    def killed(*args, **kwargs):
         raise RuntimeError("killed")
 
-    _pipeline.write_table = dies
-    try:
+    with monkeypatch.context() as m:
+        m.setattr(_pipeline, "write_table", killed)
         with pytest.raises(RuntimeError, match="killed"):
             _pipeline.run_job(job, n_partitions=3, progress=False)
-    finally:
-        _pipeline.write_table = real
     res = _pipeline.run_job(job, resume=True, n_partitions=3, progress=False)
     assert res.manifest["partitions"]["resumed"] == 4  # three partitions and the cash-only part
     assert res.manifest["counts"]["accounts_without_positions"] == 2
