@@ -240,7 +240,8 @@ def key_statistics(files: list[Any]) -> list[KeyStatistics] | None:
         stats, pids = got
         out.append(stats)
         pid_ranges += pids
-        file_ranges.append((stats.acc_min[0], stats.acc_max[-1]))
+        if stats.sizes.size:
+            file_ranges.append((stats.acc_min[0], stats.acc_max[-1]))
     if not _apart(file_ranges) or not _apart(pid_ranges):
         return None
     return out
@@ -256,6 +257,8 @@ def _file_key_statistics(path: Path) -> tuple[KeyStatistics, list[tuple[bytes, b
     cols = paths.index("account_id"), paths.index("position_id")
     if any(getattr(md.schema.column(j).logical_type, "type", None) != "STRING" for j in cols):
         return None
+    if md.num_rows == 0:  # an empty file: nothing to place (its row groups, if any, are empty)
+        return KeyStatistics(np.zeros(0, dtype=np.int64), [], []), []
     sizes, lo, hi, pids = [], [], [], []
     for i in range(md.num_row_groups):
         rg = md.row_group(i)

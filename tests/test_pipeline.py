@@ -556,11 +556,14 @@ def _plan_rows(plan):
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("partition_rows", [40, 90, 1000])
 def test_plan_from_the_footers_is_the_plan_from_the_columns(tmp_path, monkeypatch, seed, partition_rows):
-    """A book written in order is planned from its Parquet statistics alone, to the same partitions."""
+    """A book written in order is planned from its Parquet statistics alone, to the same partitions (an
+    empty file among its files included)."""
     import gpu_margin._pipeline as pl
     from gpu_margin._io import list_input_files
 
-    d, _ = _ordered_book(tmp_path, seed)
+    d, pos = _ordered_book(tmp_path, seed)
+    if seed % 2:
+        pq.write_table(pa.Table.from_pandas(pos.iloc[:0], preserve_index=False), d / f"part-{seed}-empty.parquet")
     assert pl.key_statistics(list_input_files(d)) is not None
     read = []
     key_columns = pl._key_columns
