@@ -148,6 +148,30 @@ def book_duplicates(position_ids: list[pa.ChunkedArray | None]) -> dict[str, int
     return dict(zip(vc.field("values").filter(rep).to_pylist(), counts.filter(rep).to_pylist(), strict=True))
 
 
+def default_ids_given(files: list[Any], keys: list[tuple[pa.ChunkedArray, pa.ChunkedArray | None]]
+                      ) -> list[pa.ChunkedArray]:
+    """The default ids (``"{source}:{row}"``) of the rows without a ``position_id`` that some row of the
+    book gives as its id, one column per file, for :func:`book_duplicates` to count with the given ids.
+
+    A partition fills in its rows' defaults and finds the repeats among its own
+    rows; a default repeated by a given id in another partition is found here.
+    Only the sources that some given id starts with are spelled out, so a book
+    with ids of its own (or none) builds no string.
+    """
+    given = [k[1] for k in keys if k[1] is not None and len(k[1])]
+    out = []
+    for f, (acc, pid) in zip(files, keys):
+        n = len(acc)
+        missing = np.arange(n) if pid is None else \
+            np.flatnonzero(pid.is_null().to_numpy(zero_copy_only=False)) if pid.null_count else np.zeros(0, np.int64)
+        prefix = f"{f.source}:"
+        if missing.size == 0 or not any(pc.any(pc.starts_with(g, prefix)).as_py() for g in given):
+            continue
+        rows = pa.array(missing.astype(np.int64)).cast(pa.string())
+        out.append(pa.chunked_array([pc.binary_join_element_wise(prefix, rows, "")], type=pa.string()))
+    return out
+
+
 def _sorted_apart(columns: list[pa.ChunkedArray]) -> bool:
     """Whether every column's ids are strictly increasing and the columns' ranges do not overlap.
 
@@ -356,7 +380,7 @@ def plan_partitions(positions: Path, partition_rows: int, n_partitions: int | No
         disjoint = True
     else:
         keys = [_key_columns(f) for f in files]
-        duplicates = book_duplicates([k[1] for k in keys])
+        duplicates = book_duplicates([k[1] for k in keys] + default_ids_given(files, keys))
         rows = [len(k[0]) for k in keys]
         uniq = [distinct_accounts(k[0]) for k in keys]
         # no account in two files: files each in account order with ranges apart, else a hash of them all

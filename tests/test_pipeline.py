@@ -214,6 +214,57 @@ def test_accounts_without_positions_are_margined_and_called(book_dir, tmp_path):
     pd.testing.assert_frame_equal(got.loc[extra["account_id"], want.columns], want, check_dtype=False, rtol=1e-12)
 
 
+def test_an_id_given_equal_to_another_files_default_id_is_rejected_whatever_the_partitions(tmp_path):
+    """A row without a position_id takes ``"{source}:{row}"``; a row of another file (another partition)
+    giving that same id as its own is a repeat, and both rows are rejected, as in one frame."""
+    from gpu_margin._io import list_input_files
+
+    pos, market, accounts = random_book(n_accounts=12, seed=5)
+    pos = pos.sort_values("account_id", kind="stable").reset_index(drop=True)
+    pos["position_id"] = [f"P{i:05d}" for i in range(len(pos))]
+    last = pos["account_id"].max()
+    a, b = pos[pos["account_id"] != last].reset_index(drop=True), pos[pos["account_id"] == last].copy()
+    a.loc[4, "position_id"] = None  # takes its default id
+    (tmp_path / "positions").mkdir()
+    a.to_parquet(tmp_path / "positions" / "part-0.parquet")
+    b.to_parquet(tmp_path / "positions" / "part-1.parquet")
+    default = f"{list_input_files(tmp_path / 'positions')[0].source}:4"
+    b.iloc[0, b.columns.get_loc("position_id")] = default  # given: the first file's default
+    b.to_parquet(tmp_path / "positions" / "part-1.parquet")
+    market.to_parquet(tmp_path / "market.parquet")
+    accounts.to_parquet(tmp_path / "accounts.parquet")
+    (tmp_path / "job.toml").write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "positions"\n'
+                                       'market = "market.parquet"\naccounts = "accounts.parquet"\n'
+                                       'methodology = "house"\nout = "out"\n')
+    outs = [run(tmp_path, tmp_path / f"p{k}", *(("--partitions", k) if k else ())) for k in (None, 1, 3)]
+    m = json.loads((outs[0] / "manifest.json").read_text())
+    assert m["partitions"]["count"] == 2  # one partition per file: the two rows never meet
+    rej = pd.read_parquet(outs[0] / "rejects.parquet")
+    dup = rej[rej["code"] == "duplicate_position_id"]
+    assert sorted(dup["position_id"]) == [default, default]
+    assert sorted(dup["account_id"]) == sorted([a.loc[4, "account_id"], last])
+    for other in outs[1:]:
+        assert_equal_results(outs[0], other)
+
+
+def test_default_ids_are_spelled_out_only_where_a_given_id_could_be_one():
+    from types import SimpleNamespace
+
+    from gpu_margin._pipeline import default_ids_given
+
+    def col(values):
+        return pa.chunked_array([pa.array(values, type=pa.string())])
+
+    files = [SimpleNamespace(source="a.parquet"), SimpleNamespace(source="b.parquet")]
+    acc = col(["A", "A", "B"])
+    got = default_ids_given(files, [(acc, col(["x", None, "y"])), (acc, col(["a.parquet:1", "z", None]))])
+    assert [c.to_pylist() for c in got] == [["a.parquet:1"]]  # b's missing row: no id starts "b.parquet:"
+    got = default_ids_given(files, [(acc, None), (acc, col(["a.parquet:7", "z", "w"]))])  # a has no id column
+    assert [c.to_pylist() for c in got] == [["a.parquet:0", "a.parquet:1", "a.parquet:2"]]
+    assert default_ids_given(files, [(acc, col(["x", "y", "w"])), (acc, col(["a.parquet:1", "z", "v"]))]) == []
+    assert default_ids_given(files, [(acc, None), (acc, None)]) == []
+
+
 @pytest.mark.parametrize("scheduler", ["sync", "processes"])
 def test_schedulers_agree(book_dir, tmp_path, scheduler):
     ref = run(book_dir, tmp_path / "ref")
