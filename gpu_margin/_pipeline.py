@@ -155,18 +155,23 @@ def default_ids_given(files: list[Any], keys: list[tuple[pa.ChunkedArray, pa.Chu
 
     A partition fills in its rows' defaults and finds the repeats among its own
     rows; a default repeated by a given id in another partition is found here.
-    Only the sources that some given id starts with are spelled out, so a book
-    with ids of its own (or none) builds no string.
+    One pass over the given ids finds those shaped like a default (``...:digits``)
+    and the sources they name; only those files' defaults are spelled out, so a
+    book with ids of its own (or none) builds no string.
     """
-    given = [k[1] for k in keys if k[1] is not None and len(k[1])]
+    named = set()
+    for _, pid in keys:
+        if pid is None or len(pid) == pid.null_count:
+            continue
+        shaped = pid.filter(pc.fill_null(pc.match_substring_regex(pid, r":[0-9]+$"), False))
+        if len(shaped):
+            named.update(pc.unique(pc.replace_substring_regex(shaped, r"[0-9]+$", "")).to_pylist())
     out = []
     for f, (acc, pid) in zip(files, keys):
-        n = len(acc)
-        missing = np.arange(n) if pid is None else \
-            np.flatnonzero(pid.is_null().to_numpy(zero_copy_only=False)) if pid.null_count else np.zeros(0, np.int64)
         prefix = f"{f.source}:"
-        if missing.size == 0 or not any(pc.any(pc.starts_with(g, prefix)).as_py() for g in given):
+        if prefix not in named or (pid is not None and pid.null_count == 0):
             continue
+        missing = np.arange(len(acc)) if pid is None else np.flatnonzero(pid.is_null().to_numpy(zero_copy_only=False))
         rows = pa.array(missing.astype(np.int64)).cast(pa.string())
         out.append(pa.chunked_array([pc.binary_join_element_wise(prefix, rows, "")], type=pa.string()))
     return out
@@ -278,11 +283,11 @@ def _file_key_statistics(path: Path) -> tuple[KeyStatistics, list[tuple[bytes, b
     paths = [md.schema.column(j).path for j in range(md.num_columns)]  # top-level columns only, not fields
     if paths.count("account_id") != 1 or paths.count("position_id") != 1:
         return None
+    if md.num_rows == 0:  # an empty file: nothing to place (its row groups, if any, are empty; any types)
+        return KeyStatistics(np.zeros(0, dtype=np.int64), [], []), []
     cols = paths.index("account_id"), paths.index("position_id")
     if any(getattr(md.schema.column(j).logical_type, "type", None) != "STRING" for j in cols):
         return None
-    if md.num_rows == 0:  # an empty file: nothing to place (its row groups, if any, are empty)
-        return KeyStatistics(np.zeros(0, dtype=np.int64), [], []), []
     sizes, lo, hi, pids = [], [], [], []
     for i in range(md.num_row_groups):
         rg = md.row_group(i)
@@ -856,7 +861,7 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
         "notes": list(market_in.notes) + list(accounts_in.notes),
         "device": backend.description,
         "scheduler": job.scheduler,
-        "partitions": {"count": len(plan.partitions), "how": plan.how,
+        "partitions": {"count": len(plan.partitions), "how": plan.how, "cash_only_part": bool(len(cash_only)),
                        "resumed": sum(1 for s in summaries if s.get("resumed"))},
         "counts": {"positions_in": rows_in, "positions_priced": valid, "positions_rejected": rejected,
                    "reconciles": rows_in == valid + rejected == sum(plan.rows_per_file),

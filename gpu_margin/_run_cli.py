@@ -16,8 +16,20 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                                             "like tcp://HOST:8786")
     parser.add_argument("--force", action="store_true", help="replace an existing output directory")
     parser.add_argument("--resume", action="store_true", help="reuse the finished partitions of an interrupted run")
-    parser.add_argument("--partitions", type=int, help="repartition positions into this many partitions by account")
+    parser.add_argument("--partitions", type=_positive_int,
+                        help="repartition positions into this many partitions by account")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def _positive_int(text: str) -> int:
+    """``--partitions``: a whole number of at least 1 (argparse turns the error into one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 (got {text!r})")
+    return value
 
 
 def _args(parser: argparse.ArgumentParser) -> None:

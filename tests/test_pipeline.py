@@ -462,6 +462,7 @@ def test_resume_after_a_crash_in_the_finish_keeps_the_cash_only_accounts(book_di
             _pipeline.run_job(job, n_partitions=3, progress=False)
     res = _pipeline.run_job(job, resume=True, n_partitions=3, progress=False)
     assert res.manifest["partitions"]["resumed"] == 4  # three partitions and the cash-only part
+    assert res.manifest["partitions"]["cash_only_part"] and res.manifest["partitions"]["count"] == 3
     assert res.manifest["counts"]["accounts_without_positions"] == 2
     assert same_files(clean, tmp_path / "crash")
 
@@ -503,6 +504,13 @@ def test_bad_job_key_is_one_line(tmp_path):
     res = cli("run", job)
     assert res.returncode == 2
     assert "methodlogy" in res.stderr and res.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_partitions_below_one_are_a_one_line_error(book_dir, tmp_path, value):
+    res = cli("run", book_dir / "job.toml", "--out", tmp_path / "out", "--partitions", value)
+    assert res.returncode == 2 and "--partitions" in res.stderr and "at least 1" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
@@ -613,8 +621,9 @@ def test_plan_from_the_footers_is_the_plan_from_the_columns(tmp_path, monkeypatc
     from gpu_margin._io import list_input_files
 
     d, pos = _ordered_book(tmp_path, seed)
-    if seed % 2:
-        pq.write_table(pa.Table.from_pandas(pos.iloc[:0], preserve_index=False), d / f"part-{seed}-empty.parquet")
+    if seed % 2:  # an empty file, with the book's column types (seed 1) or none (seed 3: null columns)
+        empty = pos.iloc[:0] if seed == 1 else pd.DataFrame({c: pd.Series(dtype=object) for c in pos.columns})
+        pq.write_table(pa.Table.from_pandas(empty, preserve_index=False), d / f"part-{seed}-empty.parquet")
     assert pl.key_statistics(list_input_files(d)) is not None
     read = []
     key_columns = pl._key_columns
