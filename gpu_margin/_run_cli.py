@@ -22,7 +22,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive_int(text: str) -> int:
-    """``--partitions``: a whole number of at least 1 (argparse turns the error into one line)."""
+    """``--partitions``: a whole number of at least 1 (argparse reports a bad one with the usage, as any bad option)."""
     try:
         value = int(text)
     except ValueError:

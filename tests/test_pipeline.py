@@ -62,12 +62,17 @@ def book_dir(tmp_path_factory):
     ids = sorted(pos["account_id"].unique())
     for i, chunk in enumerate(np.array_split(np.array(ids, dtype=object), 3)):
         pos[pos["account_id"].isin(chunk)].to_parquet(d / "positions" / f"part-{i}.parquet")
+    _write_job(d, market, accounts)
+    return d
+
+
+def _write_job(d: Path, market: pd.DataFrame, accounts: pd.DataFrame) -> None:
+    """The market, the accounts and the job file (house preset) of a test book whose positions are in ``d``."""
     market.to_parquet(d / "market.parquet")
     accounts.to_parquet(d / "accounts.parquet")
     (d / "job.toml").write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "positions"\n'
                                 'market = "market.parquet"\naccounts = "accounts.parquet"\n'
                                 'methodology = "house"\nout = "out"\n')
-    return d
 
 
 def cli(*args, cwd=None):
@@ -139,11 +144,7 @@ def test_a_duplicate_position_id_split_across_partitions_is_rejected_whatever_th
     else:
         _write_row_groups(pos, tmp_path / "positions" / "part-0.parquet", [len(pos)])
         assert key_statistics(list_input_files(tmp_path / "positions")) is not None
-    market.to_parquet(tmp_path / "market.parquet")
-    accounts.to_parquet(tmp_path / "accounts.parquet")
-    (tmp_path / "job.toml").write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "positions"\n'
-                                       'market = "market.parquet"\naccounts = "accounts.parquet"\n'
-                                       'methodology = "house"\nout = "out"\n')
+    _write_job(tmp_path, market, accounts)
     outs = [run(tmp_path, tmp_path / f"p{k}", "--partitions", k) for k in (1, 2, 5)]
     rej = pd.read_parquet(outs[0] / "rejects.parquet")
     dup = rej[rej["code"] == "duplicate_position_id"]
@@ -227,15 +228,10 @@ def test_an_id_given_equal_to_another_files_default_id_is_rejected_whatever_the_
     a.loc[4, "position_id"] = None  # takes its default id
     (tmp_path / "positions").mkdir()
     a.to_parquet(tmp_path / "positions" / "part-0.parquet")
-    b.to_parquet(tmp_path / "positions" / "part-1.parquet")
     default = f"{list_input_files(tmp_path / 'positions')[0].source}:4"
     b.iloc[0, b.columns.get_loc("position_id")] = default  # given: the first file's default
     b.to_parquet(tmp_path / "positions" / "part-1.parquet")
-    market.to_parquet(tmp_path / "market.parquet")
-    accounts.to_parquet(tmp_path / "accounts.parquet")
-    (tmp_path / "job.toml").write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "positions"\n'
-                                       'market = "market.parquet"\naccounts = "accounts.parquet"\n'
-                                       'methodology = "house"\nout = "out"\n')
+    _write_job(tmp_path, market, accounts)
     outs = [run(tmp_path, tmp_path / f"p{k}", *(("--partitions", k) if k else ())) for k in (None, 1, 3)]
     m = json.loads((outs[0] / "manifest.json").read_text())
     assert m["partitions"]["count"] == 2  # one partition per file: the two rows never meet
@@ -706,11 +702,7 @@ def test_an_id_repeated_within_one_row_group_is_rejected_as_when_the_columns_are
         d = tmp_path / name
         (d / "positions").mkdir(parents=True)
         _write_row_groups(pos, d / "positions" / "part-0.parquet", [len(pos)], **kw)
-        market.to_parquet(d / "market.parquet")
-        accounts.to_parquet(d / "accounts.parquet")
-        (d / "job.toml").write_text('asof = "2024-03-15"\nrate = 0.05\npositions = "positions"\n'
-                                    'market = "market.parquet"\naccounts = "accounts.parquet"\n'
-                                    'methodology = "house"\nout = "out"\n')
+        _write_job(d, market, accounts)
         assert (key_statistics(list_input_files(d / "positions")) is None) == (name == "plain")
         outs.append(run(d, tmp_path / f"out-{name}"))
     rej = pd.read_parquet(outs[0] / "rejects.parquet")
