@@ -7,20 +7,18 @@ differ only for stock; see ``docs/regt.md`` for the formulas, worked examples
 and the pairing order.
 
 Pairing runs as a fixed sequence of strategy passes (covered, vertical spread,
-straddle/strangle); whatever is left is margined standalone (naked). Each pass
-builds every candidate pair across all accounts at once (sorted joins on
-integer keys), ranks them, and forms them with :func:`greedy_match`, a
-greedy b-matching that takes the candidates one by one in rank order (one
-compiled loop). A candidate is formed only if it lowers
-both the initial and the maintenance requirement, so the result is never worse
-than margining every leg naked.
+straddle/strangle); whatever is left is margined standalone (naked). A
+candidate is formed only if it lowers both the initial and the maintenance
+requirement, so the result is never worse than margining every leg naked. The
+passes run account by account in one compiled loop
+(:mod:`gpu_margin._regt_pairing`): each lists its candidate pairs, ranks them
+and forms them greedily in rank order.
 
 Performance: the string columns (``account_id``, ``position_id``,
 ``underlying``, ``tracks``, ``kind``, ``product_group``) are turned into
-integer codes once on entry; everything after that works on NumPy
-``int64``/``float64`` arrays (joins by ``argsort``/``searchsorted``, ranking by
-one ``argsort`` of a packed integer key) and the two output frames are built
-once at the end.
+integer codes once on entry; the pairing works on NumPy ``int64``/``float64``
+arrays and holds no interpreter lock, and the two output frames are built once
+at the end.
 """
 
 from __future__ import annotations
@@ -36,7 +34,7 @@ import pyarrow.compute as pc
 from ._exceptions import InputFileError
 from ._io import arrow_strings, positions_in, str_column
 
-__all__ = ["greedy_match", "regt_requirements"]
+__all__ = ["regt_requirements"]
 
 #: ``pct`` of the naked-option formula by product group.
 NAKED_PCT = {"equity": 0.20, "narrow_index": 0.20, "broad_index": 0.15, "broad_index_high_cap": 0.15}
@@ -72,7 +70,6 @@ STRATEGIES = (
 _S = {name: code for code, name in enumerate(STRATEGIES)}
 _STRATEGY_RANK = np.argsort(np.argsort(np.array(STRATEGIES)))  # code -> place in alphabetical order
 
-_KEY_LIMIT = 1 << 62  # packed integer keys stay below this
 
 
 def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -124,9 +121,10 @@ def _paired_rows(positions: pd.DataFrame, book: bool = False,
     legs = _prepare(positions, book=book, und_names=und_names)
     if legs.n == 0:
         return legs, None
-    parts, empty_pair_part = _pairing(legs)
-    _note_dtypes(legs, parts, empty_pair_part)
-    return legs, _sorted_rows(legs, parts)
+    rows, empty_pair_part, n_standalone = _pair(legs)
+    legs.object_ids = empty_pair_part or n_standalone == 0
+    legs.object_strategy = empty_pair_part
+    return legs, rows
 
 
 def legs_frame(table: pa.Table, prepared: SimpleNamespace) -> pd.DataFrame:
@@ -147,13 +145,6 @@ def legs_frame(table: pa.Table, prepared: SimpleNamespace) -> pd.DataFrame:
         **{name: col(name).to_numpy(zero_copy_only=False).astype(np.float64)
            for name in ("paired_quantity", "regt_initial", "regt_maintenance")},
     })  # fmt: skip
-
-
-def _note_dtypes(legs: SimpleNamespace, parts: list[tuple], empty_pair_part: bool) -> None:
-    """Which string columns the legs frame has always given as ``object`` (not ``str``): the ids when a
-    pass ranked candidates but formed none or no leg is left standalone, the strategy in the first case."""
-    legs.object_ids = empty_pair_part or parts[-1][0].size == 0
-    legs.object_strategy = empty_pair_part
 
 
 def _legs_schema() -> pa.Schema:
@@ -217,37 +208,41 @@ def maintenance_by_account(legs: SimpleNamespace) -> np.ndarray:
     """
     if legs.n == 0:
         return np.zeros(legs.n_acc)
-    parts, _ = _pairing(legs)
-    leg, *_, rm = _sorted_rows(legs, parts)
+    (leg, *_, rm), _, _ = _pair(legs)
     return group_sum(legs.acct[leg], rm[:, None], legs.n_acc)[:, 0]
 
 
-def _pairing(legs: SimpleNamespace) -> tuple[list[tuple], bool]:
-    """The strategy passes, then the standalone remainder: the output row blocks, in (pass, order) order.
+def _pair(legs: SimpleNamespace, capacity: tuple[int, int, int] | None = None
+          ) -> tuple[tuple[np.ndarray, ...], bool, int]:
+    """Every account paired (:func:`gpu_margin._regt_pairing.pair_accounts`): the output rows in output order
+    (leg, partner or -1, strategy code, paired_quantity, initial, maintenance), whether a pass ranked
+    candidates but formed none (which decides the output dtypes of :func:`regt_requirements`), and the
+    number of legs left standalone. ``capacity``: the kernel's first buffer sizes (tests)."""
+    from ._regt_pairing import pair_accounts  # noqa: PLC0415
 
-    Also says whether a pass ranked candidates but formed none (which decides
-    the output dtypes of :func:`regt_requirements`).
-    """
     stand_i, stand_m = standalone_requirements(legs)
-    rem = legs.absq.copy()
-    absq = rem.copy()
-    parts = []  # (leg, partner, strategy code, paired_quantity, initial, maintenance)
-    empty_pair_part = False
-    for build in (_cover_edges, _spread_edges, _straddle_edges):
-        edges = build(legs, rem)
-        if edges is None:
-            continue
-        edges = _rank(edges, legs, stand_i, stand_m)
-        if edges is None:
-            continue
-        q = greedy_match(edges.ia, edges.ib, edges.rb, edges.integral, rem, absq)
-        t = np.flatnonzero(q > 0)
-        if t.size == 0:
-            empty_pair_part = True
-            continue
-        parts.extend(_pair_parts(edges, t, q[t], legs.sign))
-    parts.append(_standalone_parts(legs, rem, stand_i, stand_m))
-    return parts, empty_pair_part
+    order = np.empty(legs.n, dtype=np.int64)
+    order[legs.rank] = np.arange(legs.n, dtype=np.int64)
+    starts = np.zeros(legs.n_acc + 1, dtype=np.int64)
+    np.cumsum(np.bincount(legs.acct, minlength=legs.n_acc), out=starts[1:])
+    rates = np.array([LONG_STOCK[0], LONG_STOCK[1], SHORT_STOCK[0], SHORT_STOCK[1]])
+    def arg(x: np.ndarray, dtype: type) -> np.ndarray:  # one compiled signature: C order, writable
+        x = np.ascontiguousarray(x, dtype=dtype)
+        return x if x.flags.writeable else x.copy()
+
+    b, i, f = np.bool_, np.int64, np.float64
+    ints, floats, counts = pair_accounts(
+        order, starts, arg(legs.und, i), arg(legs.trk, i), arg(legs.option, b), arg(legs.stock, b),
+        arg(legs.future, b), arg(legs.is_call, b), arg(legs.long_, b), arg(legs.short, b), arg(legs.spot, f),
+        arg(legs.strike, f), arg(legs.mult, f), arg(legs.mult_code, i), arg(legs.value, f), arg(legs.mv_unit, f),
+        arg(legs.exp, i), arg(legs.exp_nat, b), arg(legs.naked_unit, f), arg(legs.sign, f), arg(legs.absq, f),
+        arg(stand_i, f), arg(stand_m, f), _STRATEGY_RANK.astype(np.int64), rates, _REL_TOL, _MIN_SAVING,
+        capacity=capacity,
+    )  # fmt: skip
+    empty_pair_part = bool(((counts[:3] > 0) & (counts[3:6] == 0)).any())
+    rows = (ints[:, 0].copy(), ints[:, 1].copy(), ints[:, 2].copy(),
+            floats[:, 0].copy(), floats[:, 1].copy(), floats[:, 2].copy())  # fmt: skip
+    return rows, empty_pair_part, int(counts[6])
 
 
 def standalone_requirements(legs: SimpleNamespace) -> tuple[np.ndarray, np.ndarray]:
@@ -265,69 +260,6 @@ def standalone_requirements(legs: SimpleNamespace) -> tuple[np.ndarray, np.ndarr
         rate = np.where(stock, np.where(long_, LONG_STOCK[k], SHORT_STOCK[k]), legs.long_rate)
         out.append(np.where(by_value, rate * legs.mv_unit, naked))
     return out[0], out[1]
-
-
-def greedy_match(
-    ia: np.ndarray,
-    ib: np.ndarray,
-    rb: np.ndarray,
-    integral: np.ndarray,
-    rem: np.ndarray,
-    absq: np.ndarray,
-) -> np.ndarray:
-    """Form candidate pairs greedily in rank order; returns pair units per candidate.
-
-    Candidates ``(n_edges,)`` arrive sorted best first: ``ia`` / ``ib`` index the
-    two legs in ``rem`` (remaining ``|quantity|``, ``(n_legs,) float64``, updated
-    in place); one pair unit uses 1 of leg ``a`` and ``rb`` of leg ``b``; where
-    ``integral`` only whole pair units fit in ``b`` (shares must cover whole
-    contracts). Each candidate in turn takes as many units as both its legs
-    still allow; a leg whose remainder falls to ``_REL_TOL`` of ``absq`` or
-    less is exhausted (set to 0).
-
-    This is inherently sequential (each candidate sees what the better ones
-    left), so it runs as one compiled loop over the candidates: linear in
-    their number, whatever the shape of the accounts (a vectorised version in
-    rounds needed one round per link of the longest chain of competing
-    candidates in the largest account).
-    """
-    n_edges = ia.shape[0]
-    if n_edges == 0:
-        return np.zeros(0, dtype=np.float64)
-    taken = np.zeros(n_edges, dtype=np.float64)
-    formed = _greedy_loop()(np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64),
-                            np.asarray(rb, dtype=np.float64), np.asarray(integral, dtype=np.bool_),
-                            rem, np.asarray(absq, dtype=np.float64), _REL_TOL, taken)
-    if formed:
-        rem[rem <= _REL_TOL * absq] = 0.0
-    return taken
-
-
-def _greedy_loop_py(a, b, r, g, rem, absq, tol, taken):  # noqa: ANN001, ANN202  (compiled by Numba)
-    formed = False
-    for e in range(a.shape[0]):
-        la, lb = a[e], b[e]
-        cap_b = rem[lb] / r[e]
-        if g[e]:
-            cap_b = np.floor(cap_b + 1e-9)
-        cap = min(rem[la], cap_b)
-        if cap > 0.0:
-            formed = True
-            taken[e] = cap
-            rem[la] -= cap
-            rem[lb] -= cap * r[e]
-            if rem[la] <= tol * absq[la]:
-                rem[la] = 0.0
-            if rem[lb] <= tol * absq[lb]:
-                rem[lb] = 0.0
-    return formed
-
-
-@functools.lru_cache(maxsize=1)
-def _greedy_loop():
-    import numba  # noqa: PLC0415
-
-    return numba.njit(cache=True, nogil=True)(_greedy_loop_py)
 
 
 # --------------------------------------------------------------------------- #
@@ -563,272 +495,6 @@ def _codes(x: np.ndarray) -> np.ndarray:
     return np.asarray(pd.factorize(x, use_na_sentinel=False)[0], dtype=np.int64)
 
 
-def _key(*parts: tuple[np.ndarray, int]) -> np.ndarray:
-    """One ``int64`` key, equal where every ``(codes, n_codes)`` part is equal."""
-    key = np.zeros(parts[0][0].shape[0], dtype=np.int64)
-    card = 1
-    for codes, n in parts:
-        n = max(int(n), 1)
-        if card * n >= _KEY_LIMIT:
-            key = _codes(key)
-            card = int(key.max()) + 1 if key.size else 1
-        key = key * n + codes
-        card *= n
-    return key
-
-
-def _split_key(n_a: int, *parts: tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_key` of both sides of a join at once (``parts`` hold side ``a``'s ``n_a`` rows first)."""
-    key = _key(*parts)
-    return key[:n_a], key[n_a:]
-
-
-def _dense_rank(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """0-based ranks of ``x`` with equal values (NaN with NaN, -0.0 with 0.0) sharing a rank, and their count.
-
-    One hash pass and a sort of the distinct values (``pd.factorize(sort=True)``),
-    not a sort of every value: candidates share few distinct savings.
-    """
-    if x.size == 0:
-        return np.zeros(0, dtype=np.int64), 0
-    codes, uniques = pd.factorize(x, sort=True, use_na_sentinel=False)  # NaN is a value, sorted last
-    return np.asarray(codes, dtype=np.int64), len(uniques)
-
-
-def _lex_order(floats: list[np.ndarray], ints: list[tuple[np.ndarray, int]]) -> np.ndarray:
-    """Indices that sort by the keys ``floats`` then ``ints`` (primary first).
-
-    ``ints`` are ``(codes, n_codes)`` with codes in ``0..n_codes-1``. One
-    ``argsort`` of a packed ``int64`` key made of the dense ranks of the floats
-    (small whole numbers are their own rank) and the codes; rows with equal
-    keys come in no particular order.
-    """
-    combined = np.zeros((floats[0] if floats else ints[0][0]).shape[0], dtype=np.int64)
-    card = 1
-    for k in floats:
-        parts = _float_codes(k)
-        for r, n in [parts] if parts[1] > 1 else []:
-            if card * n >= _KEY_LIMIT:
-                combined, card = _dense_rank(combined)
-            combined = combined * n + r
-            card *= n
-    for r, n in ints:
-        n = max(int(n), 1)
-        if n > 1:
-            if card * n >= _KEY_LIMIT:
-                combined, card = _dense_rank(combined)
-            combined = combined * n + r
-            card *= n
-    return np.argsort(combined)
-
-
-def _float_codes(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Order-preserving ``int64`` codes of ``x`` (equal values equal codes) and their bound."""
-    if x.size == 0:
-        return np.zeros(0, dtype=np.int64), 1
-    lo, hi = x.min(), x.max()
-    if lo == hi:  # constant (NaN compares unequal and is ranked below)
-        return np.zeros(x.size, dtype=np.int64), 1
-    if lo >= 0 and hi < 1 << 20:
-        as_int = x.astype(np.int64)
-        if np.array_equal(as_int, x):  # small whole numbers: their own codes
-            return as_int, int(hi) + 1
-    return _dense_rank(x)
-
-
-def _join(ka: np.ndarray, kb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair ``(i, j)`` with ``ka[i] == kb[j]`` (an inner join on one integer key)."""
-    ob = np.argsort(kb)
-    sb = kb[ob]
-    lo = np.searchsorted(sb, ka, "left")
-    cnt = np.searchsorted(sb, ka, "right") - lo
-    total = int(cnt.sum())
-    i = np.repeat(np.arange(ka.shape[0], dtype=np.int64), cnt)
-    start = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)
-    j = ob[start + np.arange(total, dtype=np.int64)]
-    return i, j
-
-
-# --------------------------------------------------------------------------- #
-# candidate pairs; every builder returns ia, ib, rb, integral, cost_{a,b}_{i,m}
-# (per pair unit), strategy code, tie-break arrays (tie1, tie2, smaller is better)
-
-
-def _edges(ia, ib, rb, integral, ca_i, ca_m, cb_i, cb_m, strat, tie1, tie2) -> SimpleNamespace:
-    return SimpleNamespace(
-        ia=ia, ib=ib, rb=rb, integral=integral, ca_i=ca_i, ca_m=ca_m, cb_i=cb_i, cb_m=cb_m,
-        strat=strat, tie1=tie1, tie2=tie2,
-    )  # fmt: skip
-
-
-def _concat_edges(parts: list[SimpleNamespace]) -> SimpleNamespace | None:
-    parts = [p for p in parts if p.ia.size]
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return parts[0]
-    return SimpleNamespace(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in vars(parts[0])})
-
-
-def _cover_edges(legs: SimpleNamespace, rem: np.ndarray) -> SimpleNamespace | None:
-    """Short call vs long shares (own or tracking ETF); short put vs short shares."""
-    alive = rem > 0
-    au = _key((legs.acct, legs.n_acc), (legs.und, legs.n_und))
-    out = []
-    for call, stock_long in ((True, True), (False, False)):
-        opt_mask = legs.option & legs.short & (legs.is_call == call)
-        stk_mask = legs.stock & (legs.long_ == stock_long)
-        a = np.flatnonzero(opt_mask & alive)
-        b = np.flatnonzero(stk_mask & alive)
-        if a.size == 0 or b.size == 0:
-            continue
-        i, j = _join(au[a], au[b])
-        own_a, own_b = a[i], b[j]
-        own_rb = legs.mult[own_a] / legs.mult[own_b]
-        bt = b[legs.trk[b] >= 0]
-        i, j = _join(*_split_key(a.size, (np.concatenate([legs.acct[a], legs.acct[bt]]), legs.n_acc),
-                                 (np.concatenate([legs.und[a], legs.trk[bt]]), legs.n_und)))  # fmt: skip
-        etf_a, etf_b = a[i], bt[j]
-        other = legs.und[etf_b] != legs.und[etf_a]
-        etf_a, etf_b = etf_a[other], etf_b[other]
-        # ETF shares whose value equals the call's aggregate index value per contract
-        etf_rb = legs.spot[etf_a] * legs.mult[etf_a] / (legs.value[etf_b] * legs.mult[etf_b])
-        ia = np.concatenate([own_a, etf_a])
-        if ia.size == 0:
-            continue
-        ib = np.concatenate([own_b, etf_b])
-        rb = np.concatenate([own_rb, etf_rb])
-        tie1 = np.concatenate([np.zeros(own_a.size), np.ones(etf_a.size)])  # own shares before ETF shares
-        mv = rb * legs.value[ib] * legs.mult[ib]  # stock value per contract covered
-        ratio = legs.strike[ia] / legs.spot[ia]
-        # the stock earns no credit beyond the strike: valued at min(S, K) behind a
-        # call, at max(S, K) behind a put (equal to the plain rule when OTM)
-        v_star = mv * (np.minimum(1.0, ratio) if call else np.maximum(1.0, ratio))
-        rates = LONG_STOCK if stock_long else SHORT_STOCK
-        excess = np.abs(mv - v_star)
-        prem = -legs.mv_unit[ia]
-        strat = np.full(ia.size, _S["covered_call" if call else "covered_put"], dtype=np.int64)
-        out.append(_edges(
-            ia, ib, rb, np.ones(ia.size, dtype=bool), prem, prem,
-            rates[0] * v_star + excess, rates[1] * v_star + excess, strat, tie1, np.zeros(ia.size),
-        ))  # fmt: skip
-    return _concat_edges(out)
-
-
-def _spread_edges(legs: SimpleNamespace, rem: np.ndarray) -> SimpleNamespace | None:
-    """Short option vs long option, same underlying, right and multiplier, long expiring no earlier."""
-    alive = rem > 0
-    a = np.flatnonzero(legs.option & legs.short & alive)
-    b = np.flatnonzero(legs.option & legs.long_ & alive)
-    if a.size == 0 or b.size == 0:
-        return None
-    key = _key((legs.acct, legs.n_acc), (legs.und, legs.n_und), (legs.is_call.astype(np.int64), 2),
-               (legs.mult_code, legs.n_mult))  # fmt: skip
-    i, j = _join(key[a], key[b])
-    ia, ib = a[i], b[j]
-    ok = (legs.exp[ib] >= legs.exp[ia]) & ~legs.exp_nat[ia] & ~legs.exp_nat[ib]
-    ia, ib = ia[ok], ib[ok]
-    if ia.size == 0:
-        return None
-    ka, kb = legs.strike[ia], legs.strike[ib]
-    risk_width = np.where(legs.is_call[ia], kb - ka, ka - kb)
-    short_cost = np.maximum(risk_width, 0.0) * legs.mult[ia] - legs.mv_unit[ia]
-    # the long leg of a spread is paid for in full, also beyond nine months
-    long_cost = legs.mv_unit[ib]
-    strat = np.where(risk_width > 0, _S["credit_spread"], _S["debit_spread"]).astype(np.int64)
-    days = ((legs.exp[ib] - legs.exp[ia]) // 86_400_000_000_000).astype(np.float64)
-    return _edges(
-        ia, ib, np.ones(ia.size), np.zeros(ia.size, dtype=bool), short_cost, short_cost,
-        long_cost, long_cost, strat, np.abs(kb - ka), days,
-    )  # fmt: skip
-
-
-def _straddle_edges(legs: SimpleNamespace, rem: np.ndarray) -> SimpleNamespace | None:
-    """Short call vs short put, same underlying, expiry and multiplier."""
-    alive = rem > 0
-    short_opt = legs.option & legs.short & alive
-    a = np.flatnonzero(short_opt & legs.is_call)
-    b = np.flatnonzero(short_opt & ~legs.is_call)
-    if a.size == 0 or b.size == 0:
-        return None
-    exp_code = _codes(legs.exp)
-    key = _key((legs.acct, legs.n_acc), (legs.und, legs.n_und), (exp_code, legs.n), (legs.mult_code, legs.n_mult))
-    i, j = _join(key[a], key[b])
-    if i.size == 0:
-        return None
-    ia, ib = a[i], b[j]
-    # the greater naked requirement counted with its own premium, plus the other
-    # premium; on NLV both premiums come off: the greater leg's naked amount
-    na, nb = legs.naked_unit[ia], legs.naked_unit[ib]
-    call_greater = (na + legs.mv_unit[ia]) >= (nb + legs.mv_unit[ib])
-    cost_a = np.where(call_greater, na, 0.0)
-    cost_b = np.where(call_greater, 0.0, nb)
-    ka, kb = legs.strike[ia], legs.strike[ib]
-    strat = np.where(ka == kb, _S["straddle"], _S["strangle"]).astype(np.int64)
-    return _edges(
-        ia, ib, np.ones(ia.size), np.zeros(ia.size, dtype=bool), cost_a, cost_a, cost_b, cost_b,
-        strat, np.abs(ka - kb), np.zeros(ia.size),
-    )  # fmt: skip
-
-
-def _rank(
-    edges: SimpleNamespace, legs: SimpleNamespace, stand_i: np.ndarray, stand_m: np.ndarray
-) -> SimpleNamespace | None:
-    """Keep candidates that lower both I and M; sort best first (largest initial saving per pair unit).
-
-    Ties go to the smaller ``tie1``, ``tie2``, then the two legs' ``position_id``:
-    ``legs.pos`` numbers the legs of an account in ``position_id`` order, and
-    a candidate pairs legs of one account; candidates of different accounts
-    share no leg, so their relative order does not change any result.
-    """
-    ia, ib, rb = edges.ia, edges.ib, edges.rb
-    save_i = stand_i[ia] + stand_i[ib] * rb - edges.ca_i - edges.cb_i
-    save_m = stand_m[ia] + stand_m[ib] * rb - edges.ca_m - edges.cb_m
-    ok = np.flatnonzero(np.minimum(save_i, save_m) > _MIN_SAVING)
-    if ok.size == 0:
-        return None
-    ia, ib = ia[ok], ib[ok]
-    order = _lex_order(
-        [-save_i[ok], edges.tie1[ok], edges.tie2[ok]], [(legs.pos[ia], legs.n_pos), (legs.pos[ib], legs.n_pos)]
-    )
-    take = ok[order]
-    # what the greedy walks, in rank order; the amounts are taken later for the formed pairs only
-    return SimpleNamespace(ia=ia[order], ib=ib[order], rb=rb[take], integral=edges.integral[take],
-                           take=take, src=edges)
-
-
-# --------------------------------------------------------------------------- #
-# output rows
-
-
-def _pair_parts(edges: SimpleNamespace, t: np.ndarray, q: np.ndarray, sign: np.ndarray) -> list[tuple]:
-    """Two row blocks (one per side) for the formed pairs ``t`` of ranked candidates (:func:`_rank`);
-    amounts per pair unit times units."""
-    src, e = edges.take[t], edges.src
-    ia, ib, strat = edges.ia[t], edges.ib[t], e.strat[src]
-    qb = q * edges.rb[t]
-    side_a = (ia, ib, strat, sign[ia] * q, e.ca_i[src] * q, e.ca_m[src] * q)
-    side_b = (ib, ia, strat, sign[ib] * qb, e.cb_i[src] * q, e.cb_m[src] * q)
-    return [side_a, side_b]
-
-
-def _standalone_parts(
-    legs: SimpleNamespace, rem: np.ndarray, stand_i: np.ndarray, stand_m: np.ndarray
-) -> tuple:
-    """Rows for what is left of every leg after pairing, margined alone."""
-    keep = np.flatnonzero(rem > 0)
-    long_ = legs.long_[keep]
-    stock = legs.stock[keep]
-    strategy = np.select(
-        [legs.future[keep], stock & long_, stock, long_, legs.is_call[keep]],
-        [_S["future"], _S["long_stock"], _S["short_stock"], _S["long_option"], _S["naked_call"]],
-        default=_S["naked_put"],
-    ).astype(np.int64)
-    r = rem[keep]
-    return (keep, np.full(keep.size, -1, dtype=np.int64), strategy,
-            legs.sign[keep] * r, stand_i[keep] * r, stand_m[keep] * r)  # fmt: skip
-
-
 def _accounts_frame(legs: SimpleNamespace, rows: tuple[np.ndarray, ...]) -> pd.DataFrame:
     """Per account (sorted), the sums of its rows' requirements in row order (``rows`` of :func:`_sorted_rows`)."""
     leg, ri, rm = rows[0], rows[4], rows[5]
@@ -837,27 +503,6 @@ def _accounts_frame(legs: SimpleNamespace, rows: tuple[np.ndarray, ...]) -> pd.D
         "account_id": str_column(legs.acct_names, False),
         "regt_initial": sums[:, 0], "regt_maintenance": sums[:, 1],
     })  # fmt: skip
-
-
-def _sorted_rows(legs: SimpleNamespace, parts: list[tuple]) -> tuple[np.ndarray, ...]:
-    """The row blocks concatenated and sorted by (account, position_id, strategy, paired_with).
-
-    That is the order of the ``regt_legs`` output (strategy names
-    alphabetically, the partner's ``position_id``, no partner last), so the
-    frame needs no string sort later; an account's requirement is summed over
-    its rows in this order. The key is unique: a leg has one row per strategy
-    and partner.
-    """
-    leg, partner, strat, pq, ri, rm = (np.concatenate(c) for c in zip(*parts))
-    rank = legs.rank[leg]
-    n = legs.pid_bound + 1  # partner ranks are pid ranks (below pid_bound); no partner ranks last
-    partner_rank = np.where(partner >= 0, legs.pid_rank[np.maximum(partner, 0)], legs.pid_bound)
-    strat_rank = _STRATEGY_RANK[strat]
-    if legs.n * len(STRATEGIES) * n < _KEY_LIMIT:
-        o = np.argsort((rank * len(STRATEGIES) + strat_rank) * n + partner_rank)
-    else:
-        o = np.lexsort((partner_rank, strat_rank, rank))
-    return leg[o], partner[o], strat[o], pq[o], ri[o], rm[o]
 
 
 def group_sum(labels: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:

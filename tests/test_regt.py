@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpu_margin._exceptions import InputFileError
-from gpu_margin._regt import greedy_match, regt_requirements
+from gpu_margin._regt import regt_requirements
 
 EXP = "2024-06-21"
 EXP_LATE = "2025-03-21"  # more than nine months out in these tests (t = 1.0)
@@ -411,46 +411,6 @@ def test_parts_add_up_to_each_position(df):
     assert set(back) == set(paired.set_index(["position_id", "paired_with"]).index)
 
 
-def sequential_greedy(ia, ib, rb, integral, rem):
-    """Plain reference: take candidates one at a time in rank order; float residuals
-    below 1e-9 of a leg's quantity count as nothing left, as in the fast version."""
-    start = rem.copy()
-    rem = rem.copy()
-    taken = np.zeros(len(ia))
-    for e in range(len(ia)):
-        cap_b = rem[ib[e]] / rb[e]
-        if integral[e]:
-            cap_b = np.floor(cap_b + 1e-9)
-        q = min(rem[ia[e]], cap_b)
-        if q > 0:
-            taken[e] = q
-            rem[ia[e]] -= q
-            rem[ib[e]] -= q * rb[e]
-            for j in (ia[e], ib[e]):
-                if rem[j] <= 1e-9 * start[j]:
-                    rem[j] = 0.0
-    return taken, rem
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.data())
-def test_greedy_match_equals_sequential_reference(data):
-    n_a = data.draw(st.integers(1, 5))
-    n_b = data.draw(st.integers(1, 5))
-    edge = st.tuples(st.integers(0, n_a - 1), st.integers(0, n_b - 1))
-    pairs = data.draw(st.lists(edge, min_size=1, max_size=15, unique=True))
-    ia = np.array([p[0] for p in pairs], dtype=np.int64)
-    ib = np.array([n_a + p[1] for p in pairs], dtype=np.int64)
-    rb = np.array([data.draw(st.sampled_from([1.0, 2.0, 100.0, 1.0 / 3.0, 2.5])) for _ in pairs])
-    integral = np.array([data.draw(st.booleans()) for _ in pairs])
-    rem = np.array([float(data.draw(st.integers(1, 400))) for _ in range(n_a + n_b)])
-    want, want_rem = sequential_greedy(ia, ib, rb, integral, rem)
-    got_rem = rem.copy()
-    got = greedy_match(ia, ib, rb, integral, got_rem, rem.copy())
-    np.testing.assert_allclose(got, want)
-    np.testing.assert_allclose(got_rem, want_rem, atol=1e-9)
-
-
 def kahan_reference(labels, values, n_groups):
     """Plain-Python compensated sum per group, rows in order, NaN skipped."""
     out = np.zeros((n_groups, values.shape[1]))
@@ -531,7 +491,7 @@ def test_subset_legs_equal_a_fresh_pairing_of_the_pseudo_accounts(df, rnd):
 def test_subset_legs_of_a_large_book_keep_the_output_row_order():
     """Rows of legs prepared on a whole book keep that book's position_id ranks, which exceed the size of
     a small subset: the rows of each leg still come in strategy then partner order, no partner last."""
-    from gpu_margin._regt import STRATEGIES, _pairing, _sorted_rows, prepare_legs, subset_legs
+    from gpu_margin._regt import STRATEGIES, _pair, prepare_legs, subset_legs
 
     others = [stk(f"A{i:04d}", "XYZ", 10, 50.0, acct="B") for i in range(300)]  # ids ranked before Z*
     mine = [opt("Z1", "XYZ", "C", 55, -3, 50.0, 1.0), opt("Z2", "XYZ", "C", 60, 2, 50.0, 0.5),
@@ -540,31 +500,41 @@ def test_subset_legs_of_a_large_book_keep_the_output_row_order():
     base = prepare_legs(df)
     idx = np.arange(len(others), len(df))
     legs = subset_legs(base, idx, df["quantity"].to_numpy()[idx], np.zeros(idx.size, np.int64), 1)
-    leg_i, partner, strat, *_ = _sorted_rows(legs, _pairing(legs)[0])
+    leg_i, partner, strat, *_ = _pair(legs)[0]
     pid = df["position_id"].to_numpy(object)[idx]
     rows = [(pid[a], STRATEGIES[s], pid[p] if p >= 0 else None) for a, p, s in zip(leg_i, partner, strat)]
     assert any(a == b[0] for a, b in zip([r[0] for r in rows[1:]], rows)), rows  # a leg split over rows
     assert rows == sorted(rows, key=lambda r: (r[0], r[1], r[2] is None, r[2] or ""))
-    fresh = _sorted_rows(prepare_legs(df.iloc[idx].reset_index(drop=True)), _pairing(
-        prepare_legs(df.iloc[idx].reset_index(drop=True)))[0])
+    fresh = _pair(prepare_legs(df.iloc[idx].reset_index(drop=True)))[0]
     assert [(pid[a], STRATEGIES[s]) for a, s in zip(fresh[0], fresh[2])] == [r[:2] for r in rows]
 
 
-def test_dense_rank_is_the_rank_of_sorted_distinct_values():
-    """``_dense_rank`` (a hash pass and a sort of the distinct values) gives the ranks a full sort gives:
-    equal values share a rank, NaN with NaN (last) and -0.0 with 0.0; ints and floats."""
-    from gpu_margin._regt import _dense_rank
+def test_dense_ranks_are_the_ranks_of_sorted_distinct_values():
+    """The compiled pairing's ranks of the float keys (a radix sort of order-preserving bits) give the
+    ranks a full sort gives: equal values share a rank, NaN with NaN (last), -0.0 with 0.0; its codes
+    keep the order (small whole numbers as they are); the radix argsort is a stable sort."""
+    from gpu_margin._regt_pairing import _dense_int_ranks, _dense_ranks, _float_codes, _radix_argsort
 
     rng = np.random.default_rng(11)
     for trial in range(600):
-        n = int(rng.integers(0, 60))
-        if trial % 3 == 0:
-            x = rng.choice([0.0, -0.0, np.nan, 1.5, -2.0, np.inf, -np.inf], n)
-        elif trial % 3 == 1:
-            x = rng.integers(-5, 5, n).astype(np.int64)
+        n = int(rng.integers(1, 3000 if trial % 50 == 0 else 60))
+        if trial % 4 == 0:
+            x = rng.choice([0.0, -0.0, np.nan, 1.5, -2.0, np.inf, -np.inf, 1e-300, -1e300], n)
+        elif trial % 4 == 1:
+            x = rng.integers(0, 5, n).astype(np.float64)
+        elif trial % 4 == 2:
+            x = rng.normal(size=n).round(2) * 10.0 ** rng.integers(-5, 5)
         else:
-            x = rng.normal(size=n).round(2)
+            x = np.full(n, 3.25)
         distinct = sorted({(1, 0.0) if v != v else (0, v + 0.0) for v in x.tolist()})  # NaN last, -0.0 as 0.0
         want = [distinct.index((1, 0.0) if v != v else (0, v + 0.0)) for v in x.tolist()]
-        ranks, count = _dense_rank(x)
+        ranks, count = _dense_ranks(x)
         assert ranks.tolist() == want and count == len(distinct)
+        codes, bound = _float_codes(x)
+        assert (np.diff(codes[np.argsort(ranks, kind="stable")]) >= 0).all() and codes.max() < bound
+        assert ((codes[:, None] == codes[None, :]) == (ranks[:, None] == ranks[None, :])).all()
+        k = rng.integers(0, 1 << int(rng.integers(1, 63)), n).astype(np.uint64)
+        np.testing.assert_array_equal(_radix_argsort(k), np.argsort(k, kind="stable"))
+        ki = k.astype(np.int64)
+        r, c = _dense_int_ranks(ki)
+        assert r.tolist() == np.unique(ki, return_inverse=True)[1].tolist() and c == np.unique(ki).size

@@ -277,46 +277,32 @@ def test_same_errors(df):
 # greedy matching on its own
 
 
-@st.composite
-def edge_lists(draw):
-    n_a = draw(st.integers(1, 8))
-    n_b = draw(st.integers(1, 8))
-    pairs = draw(st.lists(st.tuples(st.integers(0, n_a - 1), st.integers(0, n_b - 1)), min_size=1, max_size=40,
-                          unique=True))  # fmt: skip
-    ia = np.array([p[0] for p in pairs], dtype=np.int64)
-    ib = np.array([n_a + p[1] for p in pairs], dtype=np.int64)
-    rb = np.array([draw(st.sampled_from([1.0, 2.0, 100.0, 1.0 / 3.0, 2.5, 0.7])) for _ in pairs])
-    integral = np.array([draw(st.booleans()) for _ in pairs])
-    values = [0.0, 1.0, 2.0, 3.0, 50.0, 100.0, 150.0, 300.0, 400.0, 0.5, 1.0 / 3.0]
-    rem = np.array([draw(st.sampled_from(values)) for _ in range(n_a + n_b)])
-    return ia, ib, rb, integral, rem
+def same_rows(a, b) -> None:
+    for x, y in zip(a[0], b[0], strict=True):
+        np.testing.assert_array_equal(x.view(np.int64), y.view(np.int64))  # every bit, -0.0 and NaN too
+    assert a[1:] == b[1:]
 
 
-@settings(max_examples=400, deadline=None)
-@given(edge_lists())
-def test_greedy_match_equals_previous(edges):
-    ia, ib, rb, integral, rem = edges
-    want_rem, got_rem = rem.copy(), rem.copy()
-    want = reference.greedy_match(ia, ib, rb, integral, want_rem, rem.copy())
-    got = _regt.greedy_match(ia, ib, rb, integral, got_rem, rem.copy())
-    np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(got_rem, want_rem)
+def test_pairing_buffers_grown_from_one_row(book_20k):
+    """The compiled pairing stops and goes on when an account does not fit its buffers: from buffers of
+    one row (every account's candidates, rows and output rows overflow) the rows are the same bits."""
+    df = book_20k
+    legs = _regt.prepare_legs(df)
+    want = _regt._pair(legs)
+    assert want[0][0].size > len(df) // 2
+    same_rows(_regt._pair(legs, capacity=(1, 1, 1)), want)
+    same_rows(_regt._pair(legs, capacity=(7, 3, len(df) // 3)), want)
 
 
-def test_greedy_match_dense_blocks():
-    """Large dense components (many shorts against many lots): long chains of competing candidates."""
-    rng = np.random.default_rng(0)
-    n_a, n_b = 40, 60
-    ia, ib = (x.ravel() for x in np.meshgrid(np.arange(n_a), n_a + np.arange(n_b), indexing="ij"))
-    keep = rng.random(ia.size) < 0.7
-    ia, ib = ia[keep], ib[keep]
-    order = np.argsort(ia + 3.0 * rng.random(ia.size))  # ranked mostly by the short leg: long chains
-    ia, ib = ia[order], ib[order]
-    rb = rng.choice([100.0, 1000.0, 995.0248756218906, 1.0], ia.size)
-    integral = rb > 1.0
-    rem = np.concatenate([rng.integers(1, 40, n_a), 100 * rng.integers(1, 60, n_b)]).astype(np.float64)
-    want_rem, got_rem = rem.copy(), rem.copy()
-    want = reference.greedy_match(ia, ib, rb, integral, want_rem, rem.copy())
-    got = _regt.greedy_match(ia, ib, rb, integral, got_rem, rem.copy())
-    np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(got_rem, want_rem)
+def test_large_account_with_tied_savings():
+    """One account whose passes rank hundreds of candidates with equal savings (the sort by packed
+    ranks, not the insertion sort of small accounts): the reference's rows."""
+    rows = []
+    for i in range(30):  # short calls at four strikes against lots of shares: many equal savings
+        rows.append(opt(f"c{i:02d}", "XYZ", "C", 50 + 5 * (i % 4), -(1 + i % 3), 50.0, 1.0 + (i % 4)))
+        rows.append(opt(f"p{i:02d}", "XYZ", "P", 45 - 5 * (i % 3), -(1 + i % 2), 50.0, 0.5 + (i % 3)))
+        rows.append(opt(f"l{i:02d}", "XYZ", "C", 60 + 5 * (i % 5), 1 + i % 2, 50.0, 0.4, expiry=EXP_LATE if i % 2 else EXP))
+    rows += [stk(f"s{i:02d}", "XYZ", 100 * (1 + i % 3), 50.0) for i in range(25)]
+    rows += [stk(f"e{i:02d}", "XYE", 300, 25.0, tracks="XYZ") for i in range(5)]
+    assert_same(frame(*rows))
+

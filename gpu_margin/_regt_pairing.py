@@ -1,0 +1,508 @@
+"""The Reg T pairing as one compiled pass over the accounts (``gpu_margin._regt``'s engine).
+
+Each account is paired on its own: accounts share no leg, so the greedy
+b-matching over all candidates in rank order (SPEC 5.3, ``docs/regt.md``) is
+the same as one greedy run per account. Per account, and per strategy pass in
+the fixed order (covered, vertical spread, straddle/strangle), the kernel
+lists every candidate pair among the legs still holding quantity (joined on
+the underlying through the account's legs sorted by underlying code), keeps
+those that lower both the initial and the maintenance requirement by more than
+``min_saving``, sorts them best first (largest initial saving, then ``tie1``,
+``tie2``, then the two legs' places in ``position_id`` order) and forms them
+greedily. What is left of every leg is margined alone. The account's output
+rows are then sorted by (leg, strategy name, partner) and appended, so the
+rows come out in the order of the ``regt_legs`` output.
+
+The formulas are written exactly as the NumPy expressions they replace (same
+operations in the same order, no fast-math), so every amount is bit-for-bit
+what a vectorised evaluation gives; ``tests/test_regt_perf.py`` checks the
+rows against the reference implementation on random books.
+
+The loop holds no interpreter lock: two partitions pair in parallel threads.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+# strategy codes (places in ``gpu_margin._regt.STRATEGIES``)
+_COVERED_CALL, _COVERED_PUT, _CREDIT_SPREAD, _DEBIT_SPREAD, _STRADDLE, _STRANGLE = 0, 1, 2, 3, 4, 5
+_FUTURE, _LONG_STOCK, _SHORT_STOCK, _LONG_OPTION, _NAKED_CALL, _NAKED_PUT = 6, 7, 8, 9, 10, 11
+_N_STRATEGIES = 12
+_NS_PER_DAY = 86_400_000_000_000
+
+# candidate columns: ints (a, b: local leg numbers; integral; strategy), floats (below)
+_RB, _CAI, _CAM, _CBI, _CBM, _T1, _T2, _SI = 0, 1, 2, 3, 4, 5, 6, 7
+_NF = 8
+_SMALL_SORT = 24  # insertion sort up to this many items
+_KEY_LIMIT = 1 << 62
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_candidates(idx, n, ci, cf, m):  # noqa: ANN001, ANN202
+    """Sort candidates ``idx[:n]`` best first: an insertion sort when small, else one ``argsort`` of a
+    packed integer key of the dense ranks of the float keys and the two legs' places (``< m``)."""
+    if n <= _SMALL_SORT:
+        for i in range(1, n):
+            x = idx[i]
+            j = i - 1
+            while j >= 0:
+                y = idx[j]
+                # x before y: larger initial saving, then smaller tie1, tie2 (NaN last, equal to NaN), legs
+                sx, sy = cf[x, _SI], cf[y, _SI]
+                if sx != sy:
+                    before = sx > sy
+                else:
+                    u, v = cf[x, _T1], cf[y, _T1]
+                    if not (u == v or (u != u and v != v)):
+                        before = v != v if u == u else False
+                        before = before or (u < v)
+                    else:
+                        u, v = cf[x, _T2], cf[y, _T2]
+                        if not (u == v or (u != u and v != v)):
+                            before = (v != v if u == u else False) or (u < v)
+                        elif ci[x, 0] != ci[y, 0]:
+                            before = ci[x, 0] < ci[y, 0]
+                        else:
+                            before = ci[x, 1] < ci[y, 1]
+                if not before:
+                    break
+                idx[j + 1] = y
+                j -= 1
+            idx[j + 1] = x
+        return
+    key = np.zeros(n, dtype=np.int64)
+    card = 1
+    vals = np.empty(n, dtype=np.float64)
+    for c in (_SI, _T1, _T2):
+        for k in range(n):
+            vals[k] = -cf[idx[k], c] if c == _SI else cf[idx[k], c]
+        r, nr = _float_codes(vals)
+        if nr > 1:
+            if card * nr >= _KEY_LIMIT:
+                key, card = _dense_int_ranks(key)
+            key = key * nr + r
+            card *= nr
+    for c in (0, 1):
+        if card * m >= _KEY_LIMIT:
+            key, card = _dense_int_ranks(key)
+        for k in range(n):
+            key[k] = key[k] * m + ci[idx[k], c]
+        card *= m
+    o = _radix_argsort(key.astype(np.uint64))  # the key is unique and non-negative
+    sorted_idx = idx[:n][o]
+    idx[:n] = sorted_idx
+
+
+@numba.njit(cache=True, nogil=True)
+def _float_codes(x):  # noqa: ANN001, ANN202
+    """Order-preserving codes of floats ``x`` (equal values equal codes) and their bound: none for a
+    constant, small whole numbers as they are, else :func:`_dense_ranks` (a sort)."""
+    n = x.shape[0]
+    lo, hi, whole = x[0], x[0], True
+    for i in range(n):
+        v = x[i]
+        if v != v:
+            return _dense_ranks(x)
+        lo = min(lo, v)
+        hi = max(hi, v)
+        whole = whole and v == np.floor(v)
+    if lo == hi:
+        return np.zeros(n, dtype=np.int64), 1
+    if whole and lo >= 0 and hi < 1 << 20:
+        return x.astype(np.int64), int(hi) + 1
+    return _dense_ranks(x)
+
+
+@numba.njit(cache=True, nogil=True)
+def _radix_argsort(keys):  # noqa: ANN001, ANN202
+    """Indices that sort unsigned 64-bit ``keys`` (as ``uint64``), stable: an LSD radix sort on 11-bit
+    digits, a digit all keys share skipped (Numba's comparison sorts cost 10 ns per key and level)."""
+    n = keys.shape[0]
+    o = np.arange(n)
+    tmp = np.empty(n, dtype=np.int64)
+    count = np.empty(1 << 11, dtype=np.int64)
+    for shift in range(0, 66, 11):
+        count[:] = 0
+        for i in range(n):
+            count[(keys[i] >> np.uint64(shift)) & np.uint64(0x7FF)] += 1
+        if count[(keys[0] >> np.uint64(shift)) & np.uint64(0x7FF)] == n:
+            continue
+        total = 0
+        for d in range(1 << 11):
+            c = count[d]
+            count[d] = total
+            total += c
+        for i in range(n):
+            x = o[i]
+            d = (keys[x] >> np.uint64(shift)) & np.uint64(0x7FF)
+            tmp[count[d]] = x
+            count[d] += 1
+        o, tmp = tmp, o
+    return o
+
+
+@numba.njit(cache=True, nogil=True)
+def _dense_ranks(x):  # noqa: ANN001, ANN202
+    """0-based ranks of floats ``x``, equal values (NaN with NaN, -0.0 with 0.0) sharing one; their count."""
+    n = x.shape[0]
+    keys = np.empty(n, dtype=np.uint64)
+    for i in range(n):  # order-preserving bits: NaN last, -0.0 as 0.0
+        v = x[i]
+        if v != v:
+            keys[i] = np.uint64(0xFFFFFFFFFFFFFFFF)
+            continue
+        if v == 0.0:
+            v = 0.0
+        b = np.int64(np.float64(v).view(np.int64))
+        keys[i] = np.uint64(b ^ np.int64(-1)) if b < 0 else np.uint64(b) | np.uint64(1 << 63)
+    o = _radix_argsort(keys)
+    r = np.empty(n, dtype=np.int64)
+    rank = 0
+    for i in range(n):
+        if i > 0 and keys[o[i]] != keys[o[i - 1]]:
+            rank += 1
+        r[o[i]] = rank
+    return r, rank + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _dense_int_ranks(x):  # noqa: ANN001, ANN202
+    """0-based ranks of non-negative ints ``x`` and their count."""
+    o = _radix_argsort(x.astype(np.uint64))
+    r = np.empty(x.shape[0], dtype=np.int64)
+    rank = 0
+    for i in range(x.shape[0]):
+        if i > 0 and x[o[i]] != x[o[i - 1]]:
+            rank += 1
+        r[o[i]] = rank
+    return r, rank + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is_call, long_, short, spot,  # noqa: ANN001, ANN202, C901, PLR0912, PLR0913, PLR0915
+                   strike, mult, mult_code, value, mv_unit, exp, exp_nat, naked_unit, sign, absq, stand_i,
+                   stand_m, strat_rank, rates, tol, min_saving,
+                   rem, counts, by_und, und_sorted, saved, ci, cf, idx, ri, rf, rkey, ro, out_i, out_f):
+    """Pair accounts ``g0, g0 + 1, ...`` into the buffers, the output rows from ``out_*[n_out]`` on.
+
+    Stops before an account whose work does not fit one of the buffers (its remainders ``rem`` put
+    back as they were): returns ``(next account, rows written, buffer, rows it needs)``, buffer 0
+    when every account is done (1 candidates ``ci``/``cf``/``idx``, 2 the account's rows
+    ``ri``/``rf``/``rkey``/``ro``, 3 the output). The buffers are never reallocated here: an array
+    variable that may be rebound inside the loop costs a reference count update on every use.
+    """
+    n_acc = starts.shape[0] - 1
+    counts_before = np.empty(7, dtype=np.int64)
+    for g in range(g0, n_acc):
+        s = starts[g]
+        m = starts[g + 1] - s
+        if m == 0:
+            continue
+        rows = order[s:s + m]
+        for i in range(m):
+            saved[i] = rem[rows[i]]
+        for k in range(7):
+            counts_before[k] = counts[k]
+        # the account's legs by underlying (stable: ties keep position_id order)
+        if m <= 64:
+            for i in range(m):
+                u = und[rows[i]]
+                j = i - 1
+                while j >= 0 and und_sorted[j] > u:
+                    und_sorted[j + 1] = und_sorted[j]
+                    by_und[j + 1] = by_und[j]
+                    j -= 1
+                und_sorted[j + 1] = u
+                by_und[j + 1] = i
+        else:
+            keys = und[rows]
+            o = np.argsort(keys, kind="mergesort")
+            for i in range(m):
+                by_und[i] = o[i]
+                und_sorted[i] = keys[o[i]]
+        nr = 0
+        if m > 1:
+            for p in range(3):
+                ne = 0
+                gs = 0
+                while gs < m:  # each underlying's legs: by_und[gs:ge]
+                    ge = gs + 1
+                    while ge < m and und_sorted[ge] == und_sorted[gs]:
+                        ge += 1
+                    # room for every candidate of the group (a bound: the counts of either side)
+                    n_sc = n_sp = n_lo = n_st = 0
+                    for xa in range(gs, ge):
+                        x = rows[by_und[xa]]
+                        if rem[x] > 0:
+                            if option[x]:
+                                if short[x]:
+                                    if is_call[x]:
+                                        n_sc += 1
+                                    else:
+                                        n_sp += 1
+                                elif long_[x]:
+                                    n_lo += 1
+                            elif stock[x]:
+                                n_st += 1
+                    if p == 0:
+                        bound = (n_sc + n_sp) * n_st
+                    elif p == 1:
+                        bound = (n_sc + n_sp) * n_lo
+                    else:
+                        bound = n_sc * n_sp
+                    if bound == 0:
+                        gs = ge
+                        continue
+                    if ne + bound > ci.shape[0]:
+                        for i in range(m):  # put the account back; the caller makes room
+                            rem[rows[i]] = saved[i]
+                        counts[:] = counts_before
+                        return g, n_out, 1, ne + bound
+                    for xa in range(gs, ge):
+                        la = by_und[xa]
+                        a = rows[la]
+                        if not (option[a] and short[a] and rem[a] > 0):
+                            continue
+                        if p == 0:  # covered: short call vs long shares, short put vs short shares (own)
+                            call = is_call[a]
+                            for xb in range(gs, ge):
+                                lb = by_und[xb]
+                                b = rows[lb]
+                                if stock[b] and long_[b] == call and rem[b] > 0:
+                                    ci[ne, 0], ci[ne, 1], ci[ne, 2] = la, lb, 1
+                                    cf[ne, _RB], cf[ne, _T1] = mult[a] / mult[b], 0.0
+                                    ne += 1
+                        elif p == 1:  # vertical spreads: short vs long option, same right and multiplier
+                            if exp_nat[a]:
+                                continue
+                            for xb in range(gs, ge):
+                                lb = by_und[xb]
+                                b = rows[lb]
+                                if not (option[b] and long_[b] and rem[b] > 0 and is_call[b] == is_call[a]
+                                        and mult_code[b] == mult_code[a] and not exp_nat[b] and exp[b] >= exp[a]):
+                                    continue
+                                ka, kb = strike[a], strike[b]
+                                width = kb - ka if is_call[a] else ka - kb
+                                w0 = width if (width > 0.0 or width != width) else 0.0  # np.maximum(width, 0)
+                                short_cost = w0 * mult[a] - mv_unit[a]
+                                long_cost = mv_unit[b]  # the long leg is paid for in full
+                                ci[ne, 0], ci[ne, 1], ci[ne, 2] = la, lb, 0
+                                ci[ne, 3] = _CREDIT_SPREAD if width > 0 else _DEBIT_SPREAD
+                                cf[ne, _RB] = 1.0
+                                cf[ne, _CAI], cf[ne, _CAM] = short_cost, short_cost
+                                cf[ne, _CBI], cf[ne, _CBM] = long_cost, long_cost
+                                cf[ne, _T1] = abs(kb - ka)
+                                cf[ne, _T2] = float((exp[b] - exp[a]) // _NS_PER_DAY)
+                                ne += 1
+                        else:  # straddle / strangle: short call vs short put, same expiry and multiplier
+                            if not is_call[a]:
+                                continue
+                            for xb in range(gs, ge):
+                                lb = by_und[xb]
+                                b = rows[lb]
+                                if not (option[b] and short[b] and rem[b] > 0 and not is_call[b]
+                                        and exp[b] == exp[a] and mult_code[b] == mult_code[a]):
+                                    continue
+                                # the greater naked requirement; on NLV both premiums come off
+                                na, nb = naked_unit[a], naked_unit[b]
+                                call_greater = (na + mv_unit[a]) >= (nb + mv_unit[b])
+                                ca = na if call_greater else 0.0
+                                cb = 0.0 if call_greater else nb
+                                ka, kb = strike[a], strike[b]
+                                ci[ne, 0], ci[ne, 1], ci[ne, 2] = la, lb, 0
+                                ci[ne, 3] = _STRADDLE if ka == kb else _STRANGLE
+                                cf[ne, _RB] = 1.0
+                                cf[ne, _CAI], cf[ne, _CAM], cf[ne, _CBI], cf[ne, _CBM] = ca, ca, cb, cb
+                                cf[ne, _T1], cf[ne, _T2] = abs(ka - kb), 0.0
+                                ne += 1
+                    gs = ge
+                if p == 0:
+                    for lb in range(m):  # shares of an ETF that tracks the option's underlying
+                        b = rows[lb]
+                        t = trk[b]
+                        if not (stock[b] and rem[b] > 0 and t >= 0 and t != und[b]):
+                            continue
+                        lo, hi = 0, m  # the legs of underlying t: und_sorted[lo:hi]
+                        while lo < hi:
+                            mid = (lo + hi) // 2
+                            if und_sorted[mid] < t:
+                                lo = mid + 1
+                            else:
+                                hi = mid
+                        hi = lo
+                        while hi < m and und_sorted[hi] == t:
+                            hi += 1
+                        if ne + hi - lo > ci.shape[0]:
+                            for i in range(m):  # put the account back; the caller makes room
+                                rem[rows[i]] = saved[i]
+                            counts[:] = counts_before
+                            return g, n_out, 1, ne + hi - lo
+                        for xa in range(lo, hi):
+                            la = by_und[xa]
+                            a = rows[la]
+                            if option[a] and short[a] and rem[a] > 0 and long_[b] == is_call[a]:
+                                ci[ne, 0], ci[ne, 1], ci[ne, 2] = la, lb, 1
+                                # ETF shares whose value equals the call's aggregate index value per contract
+                                cf[ne, _RB] = spot[a] * mult[a] / (value[b] * mult[b])
+                                cf[ne, _T1] = 1.0  # own shares before ETF shares
+                                ne += 1
+                    for e in range(ne):  # the covered amounts, own and ETF shares alike
+                        a, b = rows[ci[e, 0]], rows[ci[e, 1]]
+                        call = is_call[a]
+                        rb = cf[e, _RB]
+                        mv = rb * value[b] * mult[b]  # stock value per contract covered
+                        ratio = strike[a] / spot[a]
+                        # the stock earns no credit beyond the strike: min(S, K) behind a call, max behind a put
+                        if call:
+                            f = ratio if (ratio != ratio or ratio < 1.0) else 1.0
+                        else:
+                            f = ratio if (ratio != ratio or ratio > 1.0) else 1.0
+                        v_star = mv * f
+                        excess = abs(mv - v_star)
+                        prem = -mv_unit[a]
+                        k = 0 if long_[b] else 2
+                        ci[e, 3] = _COVERED_CALL if call else _COVERED_PUT
+                        cf[e, _CAI], cf[e, _CAM] = prem, prem
+                        cf[e, _CBI] = rates[k] * v_star + excess
+                        cf[e, _CBM] = rates[k + 1] * v_star + excess
+                        cf[e, _T2] = 0.0
+                if ne == 0:
+                    continue
+                # keep what lowers both requirements; rank best first
+                nk = 0
+                for e in range(ne):
+                    a, b = rows[ci[e, 0]], rows[ci[e, 1]]
+                    rb = cf[e, _RB]
+                    save_i = stand_i[a] + stand_i[b] * rb - cf[e, _CAI] - cf[e, _CBI]
+                    save_m = stand_m[a] + stand_m[b] * rb - cf[e, _CAM] - cf[e, _CBM]
+                    if save_i > min_saving and save_m > min_saving:
+                        cf[e, _SI] = save_i
+                        idx[nk] = e
+                        nk += 1
+                if nk == 0:
+                    continue
+                counts[p] += nk
+                _sort_candidates(idx, nk, ci, cf, m)
+                if nr + 2 * nk > ri.shape[0]:
+                    for i in range(m):  # put the account back; the caller makes room
+                        rem[rows[i]] = saved[i]
+                    counts[:] = counts_before
+                    return g, n_out, 2, nr + 2 * nk
+                # greedy: each candidate in turn takes what both its legs still allow
+                for k in range(nk):
+                    e = idx[k]
+                    a, b = rows[ci[e, 0]], rows[ci[e, 1]]
+                    r = cf[e, _RB]
+                    cap_b = rem[b] / r
+                    if ci[e, 2]:  # shares cover whole contracts
+                        cap_b = np.floor(cap_b + 1e-9)
+                    cap = min(rem[a], cap_b)
+                    if cap > 0.0:
+                        rem[a] -= cap
+                        rem[b] -= cap * r
+                        if rem[a] <= tol * absq[a]:
+                            rem[a] = 0.0
+                        if rem[b] <= tol * absq[b]:
+                            rem[b] = 0.0
+                        counts[3 + p] += 1
+                        st = ci[e, 3]
+                        ri[nr, 0], ri[nr, 1], ri[nr, 2] = ci[e, 0], ci[e, 1], st
+                        rf[nr, 0], rf[nr, 1], rf[nr, 2] = sign[a] * cap, cf[e, _CAI] * cap, cf[e, _CAM] * cap
+                        ri[nr + 1, 0], ri[nr + 1, 1], ri[nr + 1, 2] = ci[e, 1], ci[e, 0], st
+                        rf[nr + 1, 0] = sign[b] * (cap * r)
+                        rf[nr + 1, 1], rf[nr + 1, 2] = cf[e, _CBI] * cap, cf[e, _CBM] * cap
+                        nr += 2
+        # what is left of every leg, margined alone
+        if nr + m > ri.shape[0]:
+            for i in range(m):  # put the account back; the caller makes room
+                rem[rows[i]] = saved[i]
+            counts[:] = counts_before
+            return g, n_out, 2, nr + m
+        for la in range(m):
+            x = rows[la]
+            left = rem[x]
+            if left > 0:
+                if future[x]:
+                    st = _FUTURE
+                elif stock[x]:
+                    st = _LONG_STOCK if long_[x] else _SHORT_STOCK
+                elif long_[x]:
+                    st = _LONG_OPTION
+                else:
+                    st = _NAKED_CALL if is_call[x] else _NAKED_PUT
+                ri[nr, 0], ri[nr, 1], ri[nr, 2] = la, -1, st
+                rf[nr, 0], rf[nr, 1], rf[nr, 2] = sign[x] * left, stand_i[x] * left, stand_m[x] * left
+                nr += 1
+                counts[6] += 1
+        # the account's rows by (leg, strategy name, partner; none last): a unique key
+        for j in range(nr):
+            partner = ri[j, 1] if ri[j, 1] >= 0 else m
+            rkey[j] = (ri[j, 0] * _N_STRATEGIES + strat_rank[ri[j, 2]]) * (m + 1) + partner
+        if nr <= _SMALL_SORT:
+            for j in range(nr):
+                key = rkey[j]
+                i = j - 1
+                while i >= 0 and rkey[ro[i]] > key:
+                    ro[i + 1] = ro[i]
+                    i -= 1
+                ro[i + 1] = j
+        else:
+            ro[:nr] = np.argsort(rkey[:nr])
+        if n_out + nr > out_i.shape[0]:
+            for i in range(m):  # put the account back; the caller makes room
+                rem[rows[i]] = saved[i]
+            counts[:] = counts_before
+            return g, n_out, 3, n_out + nr
+        for j in range(nr):
+            q = ro[j]
+            out_i[n_out, 0] = rows[ri[q, 0]]
+            out_i[n_out, 1] = rows[ri[q, 1]] if ri[q, 1] >= 0 else -1
+            out_i[n_out, 2] = ri[q, 2]
+            out_f[n_out, 0], out_f[n_out, 1], out_f[n_out, 2] = rf[q, 0], rf[q, 1], rf[q, 2]
+            n_out += 1
+    return n_acc, n_out, 0, 0
+
+
+def pair_accounts(order, starts, und, trk, option, stock, future, is_call, long_, short, spot, strike,  # noqa: ANN001, ANN201, PLR0913
+                  mult, mult_code, value, mv_unit, exp, exp_nat, naked_unit, sign, absq, stand_i, stand_m,
+                  strat_rank, rates, tol, min_saving, capacity=None):
+    """Pair every account; the output rows in output order and per-pass counts.
+
+    ``order``: the legs in (account, position_id) order; ``starts``: where each account begins in it
+    (``n_acc + 1``). Returns ``(ints (n_rows, 3): leg, partner (-1: none), strategy; floats (n_rows, 3):
+    paired_quantity, initial, maintenance; counts (7,): candidates ranked per pass, pairs formed per
+    pass, standalone rows)``. Runs :func:`_pair_accounts`, making room and going on when it stops;
+    ``capacity``: the first sizes of its buffers (candidates, an account's rows, output rows).
+    """
+    n = order.shape[0]
+    max_m = int(np.diff(starts).max()) if starts.shape[0] > 1 else 1
+    rem = absq.copy()
+    counts = np.zeros(7, dtype=np.int64)
+    by_und, und_sorted, saved = (np.empty(max(max_m, 1), dtype=np.int64) for _ in range(3))
+    n_cand, n_rows, n_all = capacity or (1024, max(1024, 2 * max_m), n + n // 4 + 16)
+    out_i = np.empty((n_all, 3), dtype=np.int64)
+    out_f = np.empty((n_all, 3), dtype=np.float64)
+    g, n_out = 0, 0
+    while True:
+        ci, cf, idx = np.empty((n_cand, 4), np.int64), np.empty((n_cand, _NF)), np.empty(n_cand, np.int64)
+        ri, rf = np.empty((n_rows, 3), np.int64), np.empty((n_rows, 3))
+        rkey, ro = np.empty(n_rows, np.int64), np.empty(n_rows, np.int64)
+        while True:
+            g, n_out, full, need = _pair_accounts(
+                g, n_out, order, starts, und, trk, option, stock, future, is_call, long_, short, spot, strike,
+                mult, mult_code, value, mv_unit, exp, exp_nat, naked_unit, sign, absq, stand_i, stand_m,
+                strat_rank, rates, tol, min_saving, rem, counts, by_und, und_sorted, saved,
+                ci, cf, idx, ri, rf, rkey, ro, out_i, out_f)  # fmt: skip
+            if full != 3:
+                break
+            n_all = max(need, 2 * n_all)
+            out_i = np.concatenate([out_i[:n_out], np.empty((n_all - n_out, 3), np.int64)])
+            out_f = np.concatenate([out_f[:n_out], np.empty((n_all - n_out, 3))])
+        if full == 0:
+            return out_i[:n_out], out_f[:n_out], counts
+        if full == 1:
+            n_cand = max(int(need), 2 * n_cand)
+        else:
+            n_rows = max(int(need), 2 * n_rows)
