@@ -36,41 +36,75 @@ _NS_PER_DAY = 86_400_000_000_000
 _RB, _CAI, _CAM, _CBI, _CBM, _T1, _T2, _SI = 0, 1, 2, 3, 4, 5, 6, 7
 _NF = 8
 _SMALL_SORT = 24  # insertion sort up to this many items
+_MERGE_SORT = 4096  # merge sort up to this many, radix sort above
 _KEY_LIMIT = 1 << 62
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _before(sx, sy, ux, uy, vx, vy, ax, ay, bx, by):  # noqa: ANN001, ANN202, PLR0913
+    """Candidate x ranks before y: larger initial saving ``s``, then smaller tie1 ``u``, tie2 ``v``
+    (NaN last and equal to NaN), then the legs ``a``, ``b`` (scalars: no array crosses the call)."""
+    if sx != sy:
+        return sx > sy
+    if not (ux == uy or (ux != ux and uy != uy)):
+        return (uy != uy if ux == ux else False) or ux < uy
+    if not (vx == vy or (vx != vx and vy != vy)):
+        return (vy != vy if vx == vx else False) or vx < vy
+    if ax != ay:
+        return ax < ay
+    return bx < by
 
 
 @numba.njit(cache=True, nogil=True)
 def _sort_candidates(idx, n, ci, cf, m):  # noqa: ANN001, ANN202
-    """Sort candidates ``idx[:n]`` best first: an insertion sort when small, else one ``argsort`` of a
-    packed integer key of the dense ranks of the float keys and the two legs' places (``< m``)."""
+    """Sort candidates ``idx[:n]`` best first (:func:`_before`): an insertion sort when small, a merge
+    sort up to ``_MERGE_SORT``, else one radix sort of a packed integer key of the dense ranks of the
+    float keys and the two legs' places (``< m``)."""
     if n <= _SMALL_SORT:
         for i in range(1, n):
             x = idx[i]
             j = i - 1
             while j >= 0:
                 y = idx[j]
-                # x before y: larger initial saving, then smaller tie1, tie2 (NaN last, equal to NaN), legs
-                sx, sy = cf[x, _SI], cf[y, _SI]
-                if sx != sy:
-                    before = sx > sy
-                else:
-                    u, v = cf[x, _T1], cf[y, _T1]
-                    if not (u == v or (u != u and v != v)):
-                        before = v != v if u == u else False
-                        before = before or (u < v)
-                    else:
-                        u, v = cf[x, _T2], cf[y, _T2]
-                        if not (u == v or (u != u and v != v)):
-                            before = (v != v if u == u else False) or (u < v)
-                        elif ci[x, 0] != ci[y, 0]:
-                            before = ci[x, 0] < ci[y, 0]
-                        else:
-                            before = ci[x, 1] < ci[y, 1]
-                if not before:
+                if not _before(cf[x, _SI], cf[y, _SI], cf[x, _T1], cf[y, _T1], cf[x, _T2], cf[y, _T2],
+                               ci[x, 0], ci[y, 0], ci[x, 1], ci[y, 1]):
                     break
                 idx[j + 1] = y
                 j -= 1
             idx[j + 1] = x
+        return
+    if n <= _MERGE_SORT:
+        src = idx[:n].copy()
+        dst = np.empty(n, dtype=np.int64)
+        width = 1
+        while width < n:
+            lo = 0
+            while lo < n:
+                mid = min(lo + width, n)
+                hi = min(lo + 2 * width, n)
+                i, j, k = lo, mid, lo
+                while i < mid and j < hi:
+                    x, y = src[j], src[i]
+                    if _before(cf[x, _SI], cf[y, _SI], cf[x, _T1], cf[y, _T1], cf[x, _T2], cf[y, _T2],
+                               ci[x, 0], ci[y, 0], ci[x, 1], ci[y, 1]):
+                        dst[k] = x
+                        j += 1
+                    else:
+                        dst[k] = y
+                        i += 1
+                    k += 1
+                while i < mid:
+                    dst[k] = src[i]
+                    i += 1
+                    k += 1
+                while j < hi:
+                    dst[k] = src[j]
+                    j += 1
+                    k += 1
+                lo = hi
+            src, dst = dst, src
+            width *= 2
+        idx[:n] = src
         return
     key = np.zeros(n, dtype=np.int64)
     card = 1
@@ -118,25 +152,29 @@ def _float_codes(x):  # noqa: ANN001, ANN202
 @numba.njit(cache=True, nogil=True)
 def _radix_argsort(keys):  # noqa: ANN001, ANN202
     """Indices that sort unsigned 64-bit ``keys`` (as ``uint64``), stable: an LSD radix sort on 11-bit
-    digits, a digit all keys share skipped (Numba's comparison sorts cost 10 ns per key and level)."""
+    digits (16-bit from 32,768 keys), a digit all keys share skipped (Numba's comparison sorts cost
+    about 150 ns per key on these machines)."""
     n = keys.shape[0]
+    bits = 16 if n >= 1 << 15 else 11
+    mask = np.uint64((1 << bits) - 1)
     o = np.arange(n)
     tmp = np.empty(n, dtype=np.int64)
-    count = np.empty(1 << 11, dtype=np.int64)
-    for shift in range(0, 66, 11):
+    count = np.empty(1 << bits, dtype=np.int64)
+    for shift in range(0, 64, bits):
+        sh = np.uint64(shift)
         count[:] = 0
         for i in range(n):
-            count[(keys[i] >> np.uint64(shift)) & np.uint64(0x7FF)] += 1
-        if count[(keys[0] >> np.uint64(shift)) & np.uint64(0x7FF)] == n:
+            count[(keys[i] >> sh) & mask] += 1
+        if count[(keys[0] >> sh) & mask] == n:
             continue
         total = 0
-        for d in range(1 << 11):
+        for d in range(1 << bits):
             c = count[d]
             count[d] = total
             total += c
         for i in range(n):
             x = o[i]
-            d = (keys[x] >> np.uint64(shift)) & np.uint64(0x7FF)
+            d = (keys[x] >> sh) & mask
             tmp[count[d]] = x
             count[d] += 1
         o, tmp = tmp, o
@@ -184,7 +222,7 @@ def _dense_int_ranks(x):  # noqa: ANN001, ANN202
 def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is_call, long_, short, spot,  # noqa: ANN001, ANN202, C901, PLR0912, PLR0913, PLR0915
                    strike, mult, mult_code, value, mv_unit, exp, exp_nat, naked_unit, sign, absq, stand_i,
                    stand_m, strat_rank, rates, tol, min_saving,
-                   rem, counts, by_und, und_sorted, saved, ci, cf, idx, ri, rf, rkey, ro, out_i, out_f):
+                   rem, counts, by_und, und_sorted, saved, grp, ci, cf, idx, ri, rf, rkey, ro, out_i, out_f):
     """Pair accounts ``g0, g0 + 1, ...`` into the buffers, the output rows from ``out_*[n_out]`` on.
 
     Stops before an account whose work does not fit one of the buffers (its remainders ``rem`` put
@@ -224,36 +262,37 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                 und_sorted[i] = keys[o[i]]
         nr = 0
         if m > 1:
+            # each underlying's legs (by_und[gs:ge]) and how many of each kind they hold, once: the
+            # counts bound every pass's candidates in the group (later passes have fewer legs left)
+            n_grp = 0
+            gs = 0
+            while gs < m:
+                ge = gs + 1
+                while ge < m and und_sorted[ge] == und_sorted[gs]:
+                    ge += 1
+                n_sc = n_sp = n_lo = n_st = 0
+                for xa in range(gs, ge):
+                    x = rows[by_und[xa]]
+                    if rem[x] > 0:
+                        if option[x]:
+                            if short[x]:
+                                if is_call[x]:
+                                    n_sc += 1
+                                else:
+                                    n_sp += 1
+                            elif long_[x]:
+                                n_lo += 1
+                        elif stock[x]:
+                            n_st += 1
+                grp[n_grp, 0], grp[n_grp, 1], grp[n_grp, 2] = gs, ge, (n_sc + n_sp) * n_st
+                grp[n_grp, 3], grp[n_grp, 4] = (n_sc + n_sp) * n_lo, n_sc * n_sp
+                n_grp += 1
+                gs = ge
             for p in range(3):
                 ne = 0
-                gs = 0
-                while gs < m:  # each underlying's legs: by_und[gs:ge]
-                    ge = gs + 1
-                    while ge < m and und_sorted[ge] == und_sorted[gs]:
-                        ge += 1
-                    # room for every candidate of the group (a bound: the counts of either side)
-                    n_sc = n_sp = n_lo = n_st = 0
-                    for xa in range(gs, ge):
-                        x = rows[by_und[xa]]
-                        if rem[x] > 0:
-                            if option[x]:
-                                if short[x]:
-                                    if is_call[x]:
-                                        n_sc += 1
-                                    else:
-                                        n_sp += 1
-                                elif long_[x]:
-                                    n_lo += 1
-                            elif stock[x]:
-                                n_st += 1
-                    if p == 0:
-                        bound = (n_sc + n_sp) * n_st
-                    elif p == 1:
-                        bound = (n_sc + n_sp) * n_lo
-                    else:
-                        bound = n_sc * n_sp
+                for k in range(n_grp):
+                    gs, ge, bound = grp[k, 0], grp[k, 1], grp[k, 2 + p]
                     if bound == 0:
-                        gs = ge
                         continue
                     if ne + bound > ci.shape[0]:
                         for i in range(m):  # put the account back; the caller makes room
@@ -317,7 +356,6 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                                 cf[ne, _CAI], cf[ne, _CAM], cf[ne, _CBI], cf[ne, _CBM] = ca, ca, cb, cb
                                 cf[ne, _T1], cf[ne, _T2] = abs(ka - kb), 0.0
                                 ne += 1
-                    gs = ge
                 if p == 0:
                     for lb in range(m):  # shares of an ETF that tracks the option's underlying
                         b = rows[lb]
@@ -481,6 +519,7 @@ def pair_accounts(order, starts, und, trk, option, stock, future, is_call, long_
     rem = absq.copy()
     counts = np.zeros(7, dtype=np.int64)
     by_und, und_sorted, saved = (np.empty(max(max_m, 1), dtype=np.int64) for _ in range(3))
+    grp = np.empty((max(max_m, 1), 5), dtype=np.int64)  # an account's underlyings: start, end, bounds
     n_cand, n_rows, n_all = capacity or (1024, max(1024, 2 * max_m), n + n // 4 + 16)
     out_i = np.empty((n_all, 3), dtype=np.int64)
     out_f = np.empty((n_all, 3), dtype=np.float64)
@@ -493,7 +532,7 @@ def pair_accounts(order, starts, und, trk, option, stock, future, is_call, long_
             g, n_out, full, need = _pair_accounts(
                 g, n_out, order, starts, und, trk, option, stock, future, is_call, long_, short, spot, strike,
                 mult, mult_code, value, mv_unit, exp, exp_nat, naked_unit, sign, absq, stand_i, stand_m,
-                strat_rank, rates, tol, min_saving, rem, counts, by_und, und_sorted, saved,
+                strat_rank, rates, tol, min_saving, rem, counts, by_und, und_sorted, saved, grp,
                 ci, cf, idx, ri, rf, rkey, ro, out_i, out_f)  # fmt: skip
             if full != 3:
                 break

@@ -294,15 +294,21 @@ def test_pairing_buffers_grown_from_one_row(book_20k):
     same_rows(_regt._pair(legs, capacity=(7, 3, len(df) // 3)), want)
 
 
-def test_large_account_with_tied_savings():
-    """One account whose passes rank hundreds of candidates with equal savings (the sort by packed
-    ranks, not the insertion sort of small accounts): the reference's rows."""
+@pytest.mark.parametrize("n_opt, n_lots", [(30, 25), (80, 60)])
+def test_large_account_with_tied_savings(n_opt, n_lots):
+    """One account whose passes rank hundreds (merge sort) or thousands (radix sort of packed ranks)
+    of candidates with equal savings, not the insertion sort of small accounts: the reference's rows."""
     rows = []
-    for i in range(30):  # short calls at four strikes against lots of shares: many equal savings
+    for i in range(n_opt):  # short calls at four strikes against lots of shares: many equal savings
         rows.append(opt(f"c{i:02d}", "XYZ", "C", 50 + 5 * (i % 4), -(1 + i % 3), 50.0, 1.0 + (i % 4)))
         rows.append(opt(f"p{i:02d}", "XYZ", "P", 45 - 5 * (i % 3), -(1 + i % 2), 50.0, 0.5 + (i % 3)))
-        rows.append(opt(f"l{i:02d}", "XYZ", "C", 60 + 5 * (i % 5), 1 + i % 2, 50.0, 0.4, expiry=EXP_LATE if i % 2 else EXP))
-    rows += [stk(f"s{i:02d}", "XYZ", 100 * (1 + i % 3), 50.0) for i in range(25)]
+        rows.append(opt(f"l{i:02d}", "XYZ", "C", 60 + 5 * (i % 5), 1 + i % 2, 50.0, 0.4,
+                        expiry=EXP_LATE if i % 2 else EXP))
+    # long calls below the short strikes: debit spreads, whose saving does not depend on the width, so
+    # the tie-breaks (strike distance, then expiry gap) decide among them
+    rows += [opt(f"d{i:02d}", "XYZ", "C", 40 + 5 * (i % 2), 1, 50.0, 0.4, expiry=EXP_LATE if i % 3 else EXP)
+             for i in range(n_opt // 2)]
+    rows += [stk(f"s{i:02d}", "XYZ", 100 * (1 + i % 3), 50.0) for i in range(n_lots)]
     rows += [stk(f"e{i:02d}", "XYE", 300, 25.0, tracks="XYZ") for i in range(5)]
     assert_same(frame(*rows))
 
