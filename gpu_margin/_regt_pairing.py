@@ -270,7 +270,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                 ge = gs + 1
                 while ge < m and und_sorted[ge] == und_sorted[gs]:
                     ge += 1
-                n_sc = n_sp = n_lo = n_st = 0
+                n_sc = n_sp = n_lc = n_lp = n_sl = n_ss = 0  # short/long calls and puts, long/short shares
                 for xa in range(gs, ge):
                     x = rows[by_und[xa]]
                     if rem[x] > 0:
@@ -280,12 +280,17 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                                     n_sc += 1
                                 else:
                                     n_sp += 1
-                            elif long_[x]:
-                                n_lo += 1
+                            elif is_call[x]:
+                                n_lc += 1
+                            else:
+                                n_lp += 1
                         elif stock[x]:
-                            n_st += 1
-                grp[n_grp, 0], grp[n_grp, 1], grp[n_grp, 2] = gs, ge, (n_sc + n_sp) * n_st
-                grp[n_grp, 3], grp[n_grp, 4] = (n_sc + n_sp) * n_lo, n_sc * n_sp
+                            if long_[x]:
+                                n_sl += 1
+                            else:
+                                n_ss += 1
+                grp[n_grp, 0], grp[n_grp, 1], grp[n_grp, 2] = gs, ge, n_sc * n_sl + n_sp * n_ss
+                grp[n_grp, 3], grp[n_grp, 4] = n_sc * n_lc + n_sp * n_lp, n_sc * n_sp
                 n_grp += 1
                 gs = ge
             for p in range(3):
