@@ -18,7 +18,9 @@ operations in the same order, no fast-math), so every amount is bit-for-bit
 what a vectorised evaluation gives; ``tests/test_regt_perf.py`` checks the
 rows against the reference implementation on random books.
 
-The loop holds no interpreter lock: two partitions pair in parallel threads.
+The loop holds no interpreter lock: two partitions pair in parallel threads. Division follows
+NumPy (``error_model="numpy"``: a zero divisor gives inf or NaN, whose candidate the saving test
+drops), not Python (which would raise).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ _MERGE_SORT = 4096  # merge sort up to this many, radix sort above
 _KEY_LIMIT = 1 << 62
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _before(sx, sy, ux, uy, vx, vy, ax, ay, bx, by):  # noqa: ANN001, ANN202, PLR0913
     """Candidate x ranks before y: larger initial saving ``s``, then smaller tie1 ``u``, tie2 ``v``
     (NaN last and equal to NaN), then the legs ``a``, ``b`` (scalars: no array crosses the call)."""
@@ -55,7 +57,7 @@ def _before(sx, sy, ux, uy, vx, vy, ax, ay, bx, by):  # noqa: ANN001, ANN202, PL
     return bx < by
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _sort_candidates(idx, n, ci, cf, m):  # noqa: ANN001, ANN202
     """Sort candidates ``idx[:n]`` best first (:func:`_before`): an insertion sort when small, a merge
     sort up to ``_MERGE_SORT``, else one radix sort of a packed integer key of the dense ranks of the
@@ -114,12 +116,12 @@ def _sort_candidates(idx, n, ci, cf, m):  # noqa: ANN001, ANN202
             vals[k] = -cf[idx[k], c] if c == _SI else cf[idx[k], c]
         r, nr = _float_codes(vals)
         if nr > 1:
-            if card * nr >= _KEY_LIMIT:
+            if card > (_KEY_LIMIT - 1) // nr:  # card * nr >= _KEY_LIMIT, without overflowing
                 key, card = _dense_int_ranks(key)
             key = key * nr + r
             card *= nr
     for c in (0, 1):
-        if card * m >= _KEY_LIMIT:
+        if card > (_KEY_LIMIT - 1) // m:
             key, card = _dense_int_ranks(key)
         for k in range(n):
             key[k] = key[k] * m + ci[idx[k], c]
@@ -129,7 +131,7 @@ def _sort_candidates(idx, n, ci, cf, m):  # noqa: ANN001, ANN202
     idx[:n] = sorted_idx
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _float_codes(x):  # noqa: ANN001, ANN202
     """Order-preserving codes of floats ``x`` (equal values equal codes) and their bound: none for a
     constant, small whole numbers as they are, else :func:`_dense_ranks` (a sort)."""
@@ -149,7 +151,7 @@ def _float_codes(x):  # noqa: ANN001, ANN202
     return _dense_ranks(x)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _radix_argsort(keys):  # noqa: ANN001, ANN202
     """Indices that sort unsigned 64-bit ``keys`` (as ``uint64``), stable: an LSD radix sort on 11-bit
     digits (16-bit from 32,768 keys), a digit all keys share skipped (Numba's comparison sorts cost
@@ -181,7 +183,7 @@ def _radix_argsort(keys):  # noqa: ANN001, ANN202
     return o
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _dense_ranks(x):  # noqa: ANN001, ANN202
     """0-based ranks of floats ``x``, equal values (NaN with NaN, -0.0 with 0.0) sharing one; their count."""
     n = x.shape[0]
@@ -205,7 +207,7 @@ def _dense_ranks(x):  # noqa: ANN001, ANN202
     return r, rank + 1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _dense_int_ranks(x):  # noqa: ANN001, ANN202
     """0-based ranks of non-negative ints ``x`` and their count."""
     o = _radix_argsort(x.astype(np.uint64))
@@ -218,7 +220,7 @@ def _dense_int_ranks(x):  # noqa: ANN001, ANN202
     return r, rank + 1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is_call, long_, short, spot,  # noqa: ANN001, ANN202, C901, PLR0912, PLR0913, PLR0915
                    strike, mult, mult_code, value, mv_unit, exp, exp_nat, naked_unit, sign, absq, stand_i,
                    stand_m, strat_rank, rates, tol, min_saving,
@@ -523,7 +525,8 @@ def pair_accounts(order, starts, und, trk, option, stock, future, is_call, long_
     max_m = int(np.diff(starts).max()) if starts.shape[0] > 1 else 1
     rem = absq.copy()
     counts = np.zeros(7, dtype=np.int64)
-    by_und, und_sorted, saved = (np.empty(max(max_m, 1), dtype=np.int64) for _ in range(3))
+    by_und, und_sorted = (np.empty(max(max_m, 1), dtype=np.int64) for _ in range(2))
+    saved = np.empty(max(max_m, 1), dtype=np.float64)  # an account's remainders, put back when it stops
     grp = np.empty((max(max_m, 1), 5), dtype=np.int64)  # an account's underlyings: start, end, bounds
     n_cand, n_rows, n_all = capacity or (1024, max(1024, 2 * max_m), n + n // 4 + 16)
     out_i = np.empty((n_all, 3), dtype=np.int64)

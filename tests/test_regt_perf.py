@@ -292,6 +292,44 @@ def test_pairing_buffers_grown_from_one_row(book_20k):
     assert want[0][0].size > len(df) // 2
     same_rows(_regt._pair(legs, capacity=(1, 1, 1)), want)
     same_rows(_regt._pair(legs, capacity=(7, 3, len(df) // 3)), want)
+    # fractional quantities: an account put back after a stop keeps its fractions
+    legs = _regt.prepare_legs(df.assign(quantity=df["quantity"] * 1.5 + np.where(df["quantity"] > 0, 0.25, -0.25)))
+    same_rows(_regt._pair(legs, capacity=(1, 1, 1)), _regt._pair(legs))
+
+
+@pytest.mark.parametrize("rows", [
+    pytest.param((opt("c", "SPX", "C", 4100, -1, 4000.0, 50.0, group="broad_index"),
+                  stk("e", "SPY", 1000, 0.0, group="broad_index", tracks="SPX")), id="etf-price-0"),
+    pytest.param((opt("c", "XYZ", "C", 55, -1, 0.0, 1.0), stk("s", "XYZ", 100, 50.0)), id="option-spot-0"),
+    pytest.param((opt("c", "XYZ", "C", 55, -1, 50.0, 1.0), dict(stk("s", "XYZ", 100, 50.0), multiplier=0.0)),
+                 id="share-multiplier-0"),
+])  # fmt: skip
+def test_zero_divisors_as_numpy(rows):
+    """A zero divisor in a candidate's amounts gives inf or NaN, as in NumPy (a zero mark passes
+    validation), and the candidate is dropped; the compiled pairing does not raise."""
+    with np.errstate(divide="ignore", invalid="ignore"):  # the reference's NumPy warns on them
+        assert_same(frame(*rows))
+
+
+def test_packed_rank_key_does_not_overflow():
+    """The radix path packs the ranks of the saving, two tie-breaks of up to 2**20 values and two leg
+    places into one int64 key, re-ranking before a product would pass 2**62 (tested without wrapping)."""
+    from gpu_margin._regt_pairing import _NF, _SI, _T1, _T2, _sort_candidates
+
+    rng = np.random.default_rng(1)
+    m, n = 200, 5000
+    pairs = rng.choice(m * m, n, replace=False)
+    ci = np.zeros((n, 4), np.int64)
+    ci[:, 0], ci[:, 1] = pairs // m, pairs % m
+    cf = np.zeros((n, _NF))
+    cf[:, _SI] = rng.permutation(n) + 1.0
+    cf[:, _T1] = rng.integers(0, 1 << 20, n).astype(float)
+    cf[0, _T1] = (1 << 20) - 1
+    cf[:, _T2] = rng.integers(0, 100001, n).astype(float)
+    cf[0, _T2] = 100000
+    idx = np.arange(n, dtype=np.int64)
+    _sort_candidates(idx, n, ci, cf, m)
+    np.testing.assert_array_equal(idx, np.lexsort((ci[:, 1], ci[:, 0], cf[:, _T2], cf[:, _T1], -cf[:, _SI])))
 
 
 @pytest.mark.parametrize("n_opt, n_lots", [(30, 25), (80, 60)])
