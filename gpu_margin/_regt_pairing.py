@@ -221,6 +221,14 @@ def _dense_int_ranks(x):  # noqa: ANN001, ANN202
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _put_back(rem, rows, saved, counts, counts_before):  # noqa: ANN001, ANN202
+    """An account's remainders and the counts as they were before it: it is done again from the start."""
+    for i in range(rows.shape[0]):
+        rem[rows[i]] = saved[i]
+    counts[:] = counts_before
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is_call, long_, short, spot,  # noqa: ANN001, ANN202, C901, PLR0912, PLR0913, PLR0915
                    strike, mult, mult_code, value, mv_unit, exp, exp_nat, naked_unit, sign, absq, stand_i,
                    stand_m, strat_rank, rates, tol, min_saving,
@@ -302,9 +310,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                     if bound == 0:
                         continue
                     if ne + bound > ci.shape[0]:
-                        for i in range(m):  # put the account back; the caller makes room
-                            rem[rows[i]] = saved[i]
-                        counts[:] = counts_before
+                        _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
                         return g, n_out, 1, ne + bound
                     for xa in range(gs, ge):
                         la = by_und[xa]
@@ -380,9 +386,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                         while hi < m and und_sorted[hi] == t:
                             hi += 1
                         if ne + hi - lo > ci.shape[0]:
-                            for i in range(m):  # put the account back; the caller makes room
-                                rem[rows[i]] = saved[i]
-                            counts[:] = counts_before
+                            _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
                             return g, n_out, 1, ne + hi - lo
                         for xa in range(lo, hi):
                             la = by_und[xa]
@@ -431,9 +435,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                 counts[p] += nk
                 _sort_candidates(idx, nk, ci, cf, m)
                 if nr + 2 * nk > ri.shape[0]:
-                    for i in range(m):  # put the account back; the caller makes room
-                        rem[rows[i]] = saved[i]
-                    counts[:] = counts_before
+                    _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
                     return g, n_out, 2, nr + 2 * nk
                 # greedy: each candidate in turn takes what both its legs still allow
                 for k in range(nk):
@@ -461,9 +463,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                         nr += 2
         # what is left of every leg, margined alone
         if nr + m > ri.shape[0]:
-            for i in range(m):  # put the account back; the caller makes room
-                rem[rows[i]] = saved[i]
-            counts[:] = counts_before
+            _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
             return g, n_out, 2, nr + m
         for la in range(m):
             x = rows[la]
@@ -496,9 +496,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
         else:
             ro[:nr] = np.argsort(rkey[:nr])
         if n_out + nr > out_i.shape[0]:
-            for i in range(m):  # put the account back; the caller makes room
-                rem[rows[i]] = saved[i]
-            counts[:] = counts_before
+            _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
             return g, n_out, 3, n_out + nr
         for j in range(nr):
             q = ro[j]
