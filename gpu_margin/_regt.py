@@ -67,9 +67,7 @@ STRATEGIES = (
     "covered_call", "covered_put", "credit_spread", "debit_spread", "straddle", "strangle",
     "future", "long_stock", "short_stock", "long_option", "naked_call", "naked_put",
 )  # fmt: skip
-_S = {name: code for code, name in enumerate(STRATEGIES)}
 _STRATEGY_RANK = np.argsort(np.argsort(np.array(STRATEGIES)))  # code -> place in alphabetical order
-
 
 
 def regt_requirements(positions: pd.DataFrame, *, legs: bool = True) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -226,6 +224,7 @@ def _pair(legs: SimpleNamespace, capacity: tuple[int, int, int] | None = None
     starts = np.zeros(legs.n_acc + 1, dtype=np.int64)
     np.cumsum(np.bincount(legs.acct, minlength=legs.n_acc), out=starts[1:])
     rates = np.array([LONG_STOCK[0], LONG_STOCK[1], SHORT_STOCK[0], SHORT_STOCK[1]])
+
     def arg(x: np.ndarray, dtype: type) -> np.ndarray:  # one compiled signature: C order, writable
         x = np.ascontiguousarray(x, dtype=dtype)
         return x if x.flags.writeable else x.copy()

@@ -28,10 +28,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-# strategy codes (places in ``gpu_margin._regt.STRATEGIES``)
-_COVERED_CALL, _COVERED_PUT, _CREDIT_SPREAD, _DEBIT_SPREAD, _STRADDLE, _STRANGLE = 0, 1, 2, 3, 4, 5
-_FUTURE, _LONG_STOCK, _SHORT_STOCK, _LONG_OPTION, _NAKED_CALL, _NAKED_PUT = 6, 7, 8, 9, 10, 11
-_N_STRATEGIES = 12
+from ._regt import STRATEGIES
+
+# strategy codes: places in STRATEGIES (compile-time constants of the loop)
+_COVERED_CALL, _COVERED_PUT, _CREDIT_SPREAD, _DEBIT_SPREAD, _STRADDLE, _STRANGLE, _FUTURE, _LONG_STOCK, \
+    _SHORT_STOCK, _LONG_OPTION, _NAKED_CALL, _NAKED_PUT = (STRATEGIES.index(name) for name in (
+        "covered_call", "covered_put", "credit_spread", "debit_spread", "straddle", "strangle", "future",
+        "long_stock", "short_stock", "long_option", "naked_call", "naked_put"))
+_N_STRATEGIES = len(STRATEGIES)
 _NS_PER_DAY = 86_400_000_000_000
 
 # candidate columns: ints (a, b: local leg numbers; integral; strategy), floats (below)
@@ -197,24 +201,23 @@ def _dense_ranks(x):  # noqa: ANN001, ANN202
             v = 0.0
         b = np.int64(np.float64(v).view(np.int64))
         keys[i] = np.uint64(b ^ np.int64(-1)) if b < 0 else np.uint64(b) | np.uint64(1 << 63)
-    o = _radix_argsort(keys)
-    r = np.empty(n, dtype=np.int64)
-    rank = 0
-    for i in range(n):
-        if i > 0 and keys[o[i]] != keys[o[i - 1]]:
-            rank += 1
-        r[o[i]] = rank
-    return r, rank + 1
+    return _key_ranks(keys)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _dense_int_ranks(x):  # noqa: ANN001, ANN202
     """0-based ranks of non-negative ints ``x`` and their count."""
-    o = _radix_argsort(x.astype(np.uint64))
-    r = np.empty(x.shape[0], dtype=np.int64)
+    return _key_ranks(x.astype(np.uint64))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _key_ranks(keys):  # noqa: ANN001, ANN202
+    """0-based ranks of unsigned 64-bit ``keys``, equal keys sharing one, and their count."""
+    o = _radix_argsort(keys)
+    r = np.empty(keys.shape[0], dtype=np.int64)
     rank = 0
-    for i in range(x.shape[0]):
-        if i > 0 and x[o[i]] != x[o[i - 1]]:
+    for i in range(keys.shape[0]):
+        if i > 0 and keys[o[i]] != keys[o[i - 1]]:
             rank += 1
         r[o[i]] = rank
     return r, rank + 1
