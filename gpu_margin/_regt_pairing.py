@@ -80,7 +80,9 @@ def _sort_candidates(idx, n, ci, cf, m):  # noqa: ANN001, ANN202
             idx[j + 1] = x
         return
     if n <= _MERGE_SORT:
-        src = idx[:n].copy()
+        src = np.empty(n, dtype=np.int64)
+        for k in range(n):
+            src[k] = idx[k]
         dst = np.empty(n, dtype=np.int64)
         width = 1
         while width < n:
@@ -110,9 +112,12 @@ def _sort_candidates(idx, n, ci, cf, m):  # noqa: ANN001, ANN202
                 lo = hi
             src, dst = dst, src
             width *= 2
-        idx[:n] = src
+        for k in range(n):
+            idx[k] = src[k]
         return
-    key = np.zeros(n, dtype=np.int64)
+    key = np.empty(n, dtype=np.uint64)
+    for k in range(n):
+        key[k] = 0
     card = 1
     vals = np.empty(n, dtype=np.float64)
     for c in (_SI, _T1, _T2):
@@ -121,18 +126,21 @@ def _sort_candidates(idx, n, ci, cf, m):  # noqa: ANN001, ANN202
         r, nr = _float_codes(vals)
         if nr > 1:
             if card > (_KEY_LIMIT - 1) // nr:  # card * nr >= _KEY_LIMIT, without overflowing
-                key, card = _dense_int_ranks(key)
-            key = key * nr + r
+                card = _dense_key_ranks(key)
+            for k in range(n):
+                key[k] = key[k] * np.uint64(nr) + np.uint64(r[k])
             card *= nr
     for c in (0, 1):
         if card > (_KEY_LIMIT - 1) // m:
-            key, card = _dense_int_ranks(key)
+            card = _dense_key_ranks(key)
         for k in range(n):
-            key[k] = key[k] * m + ci[idx[k], c]
+            key[k] = key[k] * np.uint64(m) + np.uint64(ci[idx[k], c])
         card *= m
-    o = _radix_argsort(key.astype(np.uint64))  # the key is unique and non-negative
-    sorted_idx = idx[:n][o]
-    idx[:n] = sorted_idx
+    o = _radix_argsort(key)  # the key is unique
+    for k in range(n):
+        o[k] = idx[o[k]]
+    for k in range(n):
+        idx[k] = o[k]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -148,11 +156,53 @@ def _float_codes(x):  # noqa: ANN001, ANN202
         lo = min(lo, v)
         hi = max(hi, v)
         whole = whole and v == np.floor(v)
-    if lo == hi:
-        return np.zeros(n, dtype=np.int64), 1
-    if whole and lo >= 0 and hi < 1 << 20:
-        return x.astype(np.int64), int(hi) + 1
+    if lo == hi or (whole and lo >= 0 and hi < 1 << 20):
+        codes = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            codes[i] = 0 if lo == hi else np.int64(x[i])
+        return codes, 1 if lo == hi else int(hi) + 1
     return _dense_ranks(x)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _argsort_keys(keys):  # noqa: ANN001, ANN202
+    """Indices that sort unsigned 64-bit ``keys``, stable (``np.argsort(keys, kind="stable")``): a merge
+    sort up to ``_MERGE_SORT`` keys, :func:`_radix_argsort` above. Written out rather than
+    ``np.argsort``, whose compilation costs more than a second per call site."""
+    n = keys.shape[0]
+    if n > _MERGE_SORT:
+        return _radix_argsort(keys)
+    src = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        src[i] = i
+    dst = np.empty(n, dtype=np.int64)
+    width = 1
+    while width < n:
+        lo = 0
+        while lo < n:
+            mid = min(lo + width, n)
+            hi = min(lo + 2 * width, n)
+            i, j, k = lo, mid, lo
+            while i < mid and j < hi:
+                if keys[src[j]] < keys[src[i]]:
+                    dst[k] = src[j]
+                    j += 1
+                else:
+                    dst[k] = src[i]
+                    i += 1
+                k += 1
+            while i < mid:
+                dst[k] = src[i]
+                i += 1
+                k += 1
+            while j < hi:
+                dst[k] = src[j]
+                j += 1
+                k += 1
+            lo = hi
+        src, dst = dst, src
+        width *= 2
+    return src
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -163,7 +213,9 @@ def _radix_argsort(keys):  # noqa: ANN001, ANN202
     n = keys.shape[0]
     bits = 16 if n >= 1 << 15 else 11
     mask = np.uint64((1 << bits) - 1)
-    o = np.arange(n)
+    o = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        o[i] = i
     tmp = np.empty(n, dtype=np.int64)
     count = np.empty(1 << bits, dtype=np.int64)
     for shift in range(0, 64, bits):
@@ -205,9 +257,12 @@ def _dense_ranks(x):  # noqa: ANN001, ANN202
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _dense_int_ranks(x):  # noqa: ANN001, ANN202
-    """0-based ranks of non-negative ints ``x`` and their count."""
-    return _key_ranks(x.astype(np.uint64))
+def _dense_key_ranks(key):  # noqa: ANN001, ANN202
+    """Replace unsigned 64-bit ``key`` by its 0-based dense ranks, in place; their count."""
+    r, count = _key_ranks(key)
+    for k in range(key.shape[0]):
+        key[k] = np.uint64(r[k])
+    return count
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -228,7 +283,8 @@ def _put_back(rem, rows, saved, counts, counts_before):  # noqa: ANN001, ANN202
     """An account's remainders and the counts as they were before it: it is done again from the start."""
     for i in range(rows.shape[0]):
         rem[rows[i]] = saved[i]
-    counts[:] = counts_before
+    for k in range(counts.shape[0]):
+        counts[k] = counts_before[k]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -268,11 +324,13 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                 und_sorted[j + 1] = u
                 by_und[j + 1] = i
         else:
-            keys = und[rows]
-            o = np.argsort(keys, kind="mergesort")
+            keys = np.empty(m, dtype=np.uint64)
+            for i in range(m):
+                keys[i] = np.uint64(und[rows[i]])  # codes >= 0
+            o = _argsort_keys(keys)
             for i in range(m):
                 by_und[i] = o[i]
-                und_sorted[i] = keys[o[i]]
+                und_sorted[i] = und[rows[o[i]]]
         nr = 0
         if m > 1:
             # each underlying's legs (by_und[gs:ge]) and how many of each kind they hold, once: the
@@ -423,7 +481,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                 if ne == 0:
                     continue
                 # keep what lowers both requirements; rank best first
-                nk = 0
+                nk = np.int64(0)  # (a literal 0 would compile _sort_candidates once more, for n == 0)
                 for e in range(ne):
                     a, b = rows[ci[e, 0]], rows[ci[e, 1]]
                     rb = cf[e, _RB]
@@ -487,7 +545,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
         # the account's rows by (leg, strategy name, partner; none last): a unique key
         for j in range(nr):
             partner = ri[j, 1] if ri[j, 1] >= 0 else m
-            rkey[j] = (ri[j, 0] * _N_STRATEGIES + strat_rank[ri[j, 2]]) * (m + 1) + partner
+            rkey[j] = np.uint64((ri[j, 0] * _N_STRATEGIES + strat_rank[ri[j, 2]]) * (m + 1) + partner)
         if nr <= _SMALL_SORT:
             for j in range(nr):
                 key = rkey[j]
@@ -497,7 +555,9 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                     i -= 1
                 ro[i + 1] = j
         else:
-            ro[:nr] = np.argsort(rkey[:nr])
+            o = _argsort_keys(rkey[:nr])
+            for j in range(nr):
+                ro[j] = o[j]
         if n_out + nr > out_i.shape[0]:
             _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
             return g, n_out, 3, n_out + nr
@@ -536,7 +596,7 @@ def pair_accounts(order, starts, und, trk, option, stock, future, is_call, long_
     while True:
         ci, cf, idx = np.empty((n_cand, 4), np.int64), np.empty((n_cand, _NF)), np.empty(n_cand, np.int64)
         ri, rf = np.empty((n_rows, 3), np.int64), np.empty((n_rows, 3))
-        rkey, ro = np.empty(n_rows, np.int64), np.empty(n_rows, np.int64)
+        rkey, ro = np.empty(n_rows, np.uint64), np.empty(n_rows, np.int64)
         while True:
             g, n_out, full, need = _pair_accounts(
                 g, n_out, order, starts, und, trk, option, stock, future, is_call, long_, short, spot, strike,

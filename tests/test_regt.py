@@ -513,11 +513,11 @@ def test_dense_ranks_are_the_ranks_of_sorted_distinct_values():
     """The compiled pairing's ranks of the float keys (a radix sort of order-preserving bits) give the
     ranks a full sort gives: equal values share a rank, NaN with NaN (last), -0.0 with 0.0; its codes
     keep the order (small whole numbers as they are); the radix argsort is a stable sort."""
-    from gpu_margin._regt_pairing import _dense_int_ranks, _dense_ranks, _float_codes, _radix_argsort
+    from gpu_margin._regt_pairing import _argsort_keys, _dense_key_ranks, _dense_ranks, _float_codes, _radix_argsort
 
     rng = np.random.default_rng(11)
     for trial in range(600):
-        n = int(rng.integers(1, 3000 if trial % 50 == 0 else 60))
+        n = int(rng.integers(1, 9000 if trial % 100 == 0 else 3000 if trial % 50 == 0 else 60))
         if trial % 4 == 0:
             x = rng.choice([0.0, -0.0, np.nan, 1.5, -2.0, np.inf, -np.inf, 1e-300, -1e300], n)
         elif trial % 4 == 1:
@@ -535,6 +535,9 @@ def test_dense_ranks_are_the_ranks_of_sorted_distinct_values():
         assert ((codes[:, None] == codes[None, :]) == (ranks[:, None] == ranks[None, :])).all()
         k = rng.integers(0, 1 << int(rng.integers(1, 63)), n).astype(np.uint64)
         np.testing.assert_array_equal(_radix_argsort(k), np.argsort(k, kind="stable"))
-        ki = k.astype(np.int64)
-        r, c = _dense_int_ranks(ki)
-        assert r.tolist() == np.unique(ki, return_inverse=True)[1].tolist() and c == np.unique(ki).size
+        np.testing.assert_array_equal(_argsort_keys(k), np.argsort(k, kind="stable"))
+        few = k % np.uint64(int(rng.integers(1, 9)))  # many ties: stability shows
+        np.testing.assert_array_equal(_argsort_keys(few), np.argsort(few, kind="stable"))
+        ranks_of = k.copy()
+        c = _dense_key_ranks(ranks_of)
+        assert ranks_of.tolist() == np.unique(k, return_inverse=True)[1].tolist() and c == np.unique(k).size
