@@ -651,7 +651,7 @@ def _block(c0, c1, call, spot, strike, t, vol, rate, q, row, u_tab, slot_tab, ro
                     i, j = ci[l], cj[l]
                     s_u = spot[i] * u_tab[row[i], j]
                     out[i, j] = (s_u if call[i] else strike[i]) * unit[l]
-    n_lane = 0
+    n_lane = np.int64(0)  # (a literal 0 would compile _flush once more, for n_lane == 0)
     for i in range(c0, c1):
         rr = row[i]
         if not t[i] > 0.0:
@@ -671,7 +671,7 @@ def _block(c0, c1, call, spot, strike, t, vol, rate, q, row, u_tab, slot_tab, ro
             n_lane += 1
             if n_lane == LANES:
                 _flush(n_lane, opt, xs, ci, cj, st, g, unit, call, spot, strike, row, u_tab, out)
-                n_lane = 0
+                n_lane = np.int64(0)
     if n_lane > 0:
         _flush(n_lane, opt, xs, ci, cj, st, g, unit, call, spot, strike, row, u_tab, out)
 
