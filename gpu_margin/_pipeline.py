@@ -637,6 +637,17 @@ def _distributed_compute(client: Any, collection: Any, progress: bool) -> Any:
     return future.result()
 
 
+def _local_get(name: str) -> Any:
+    """Dask's local scheduler function for ``threads`` or ``sync``."""
+    if name == "sync":
+        from dask.local import get_sync  # noqa: PLC0415
+
+        return get_sync
+    from dask.threaded import get  # noqa: PLC0415
+
+    return get
+
+
 @contextlib.contextmanager
 def dask_scheduler(name: str, device: str, progress: bool = False):
     """Yield ``(compute(collection) -> result, description)`` for a scheduler name or a dask.distributed address.
@@ -648,13 +659,17 @@ def dask_scheduler(name: str, device: str, progress: bool = False):
     import dask  # noqa: PLC0415
 
     if name in ("threads", "sync"):
+        # the scheduler function itself, not its name: a name makes Dask import dask.distributed (0.2 s)
+        # to look for a running client
+        get = _local_get(name)
+
         def compute(collection):
             if progress:
                 from dask.diagnostics import ProgressBar  # noqa: PLC0415
 
                 with ProgressBar(out=sys.stderr):
-                    return dask.compute(collection, scheduler=name)[0]
-            return dask.compute(collection, scheduler=name)[0]
+                    return dask.compute(collection, scheduler=get)[0]
+            return dask.compute(collection, scheduler=get)[0]
 
         yield compute, f"dask local {'threaded' if name == 'threads' else 'synchronous'} scheduler"
         return
@@ -824,7 +839,7 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
     # would take single tables in an order of its own)
     done = {}
     for lane in dask.compute(*[dask.delayed(finish_lane)(names) for names in _lanes(work, os.cpu_count() or 1)],
-                             scheduler="threads"):
+                             scheduler=_local_get("threads")):
         done.update({name: (info, frame) for name, info, frame in lane})
     for name in TABLES:
         info, frame = done[name]

@@ -268,6 +268,19 @@ def test_schedulers_agree(book_dir, tmp_path, scheduler):
     assert_equal_results(ref, other)
 
 
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+def test_local_schedulers_do_not_import_dask_distributed(book_dir, tmp_path, scheduler):
+    """The local schedulers are handed to Dask as functions: by name, Dask imports dask.distributed (about
+    0.2 s of every run's start) to look for a client."""
+    script = ("import sys; from gpu_margin._main import main; "
+              f"rc = main(['run', {str(book_dir / 'job.toml')!r}, '--out', {str(tmp_path / 'out')!r}, '--quiet', "
+              f"'--scheduler', {scheduler!r}]); "
+              "print('distributed' in sys.modules); sys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_files_larger_than_a_partition_are_split_by_account(book_dir, tmp_path):
     from gpu_margin._pipeline import plan_partitions
 
