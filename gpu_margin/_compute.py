@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 from ._backend import Backend, select_backend
 from ._io import arrow_strings, positions_in
 from ._methodology import Methodology, load_methodology
-from ._pm import Book, grid_margin, kind_array, option_values, prepare_book, scenario_pnl_by_account
-from ._scenarios import grid_table, joint_table
+from ._pm import Book, grid_margin, kind_array, option_values, prepare_book, require_finite, scenario_pnl_by_account
+from ._scenarios import check_scenarios, grid_table, joint_table
 from ._schema import VALID_COLUMN_NAMES
 
 #: The validated columns margin_frames and the calls and plans read: the valid frame without the input's
@@ -80,6 +80,8 @@ def compute(
                                  "account_type": pd.Series(dtype=str)})
     acc = validate_accounts(accounts, source="accounts")
     valid, rejects = validate_positions(positions, market, asof=day, rate=rate, source=source)
+    if scenarios is not None:
+        scenarios = check_scenarios(scenarios, "scenarios")
     res = margin_frames(valid, rejects, market, acc, meth, backend, scenarios=scenarios, multipliers=multipliers)
     from ._calls import margin_calls_and_plans  # noqa: PLC0415
 
@@ -290,6 +292,7 @@ def _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_id
         loss = -(pnl * backend.asarray(index["weight"].to_numpy(np.float64))[None, :])
         worst = backend.to_host(xp.argmax(loss, axis=1))
         risk = backend.to_host(xp.maximum(xp.max(loss, axis=1), 0.0))
+        require_finite(risk, lambda i: f"account {book.accounts[i]}")
     else:
         worst, risk = np.zeros(n_acc, np.int64), np.zeros(n_acc)
     names = (index["scenario_id"].astype(str) + "x" + index["multiplier"].map("{:g}".format)).to_numpy(object)

@@ -321,6 +321,19 @@ class GridResult:
         return pnl if backend is self.backend else backend.asarray(self.backend.to_host(pnl))
 
 
+def require_finite(risk: np.ndarray, where: Any) -> None:
+    """Stop with a one-line error when a loss is not a finite number: NaN would otherwise become a zero
+    requirement. ``where(i)`` names the ``i``-th entry (an account, a class)."""
+    bad = np.flatnonzero(~np.isfinite(risk))
+    if bad.size:
+        from ._exceptions import UserInputError  # noqa: PLC0415
+
+        raise UserInputError(
+            f"{where(int(bad[0]))}: the largest loss over the scenarios is not a finite number ({risk[bad[0]]}; "
+            f"{bad.size} such in all), so no requirement can be computed; check the market row of the "
+            "underlying (spot, vol, dividend_yield) and the methodology's ranges")
+
+
 def _masked_worst(xp: Any, loss: Any, valid: Any) -> tuple[Any, Any]:
     """Largest loss over valid scenarios (floored at 0) and its column."""
     masked = xp.where(valid, loss, -xp.inf)
@@ -407,6 +420,10 @@ def grid_margin(book: Book, market: pd.DataFrame, meth: Methodology, nlv: pd.Ser
         class_risk=class_risk, class_worst=class_worst, class_min=class_min, contingency=contingency,
         concentration=concentration, group_risk=group_risk, group_worst=group_worst, group_min=group_min,
         group_req=group_req).items()}
+    cls_names = book.classes
+    for key in ("class_risk", "concentration"):  # group risks are sums of class P/L: finite when these are
+        require_finite(h[key], lambda i: f"account {cls_names['account_id'].iloc[i]}, "
+                                         f"underlying {cls_names['underlying'].iloc[i]}")
     # scenario names by index into the table's (k, m) names: no Python string per class or account
     names = pa.array(table.labels.ravel(), type=pa.string())
     m_cols = table.labels.shape[1]

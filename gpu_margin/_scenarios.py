@@ -36,6 +36,10 @@ class ScenarioTable:
                              self.coverage[:, cols], self.valid[:, cols], self.labels[:, cols], self.vol_mode)
 
 
+#: The largest fall in price any grid scenario tests (turbulence widening and extreme moves stop there).
+MAX_DOWN = 0.99
+
+
 def group_points(p: GroupParams, down: np.ndarray, up: np.ndarray):
     """Grid scenarios of one product group for underlyings with ranges ``down``/``up`` ``(k,)``.
 
@@ -53,7 +57,8 @@ def group_points(p: GroupParams, down: np.ndarray, up: np.ndarray):
     cov = np.ones_like(move)
     names = [f"{f:+.4g}R vol{v:+.4g}" for f in frac for v in vols]
     if p.extreme_multiple > 0:
-        ext = np.stack([-p.extreme_multiple * down, p.extreme_multiple * up], axis=1)
+        # a price cannot fall below zero: the extreme move down stops at the grid's floor (as the range does)
+        ext = np.stack([np.maximum(-p.extreme_multiple * down, -MAX_DOWN), p.extreme_multiple * up], axis=1)
         move = np.concatenate([move, ext], axis=1)
         vol = np.concatenate([vol, np.zeros((k, 2))], axis=1)
         cov = np.concatenate([cov, np.full((k, 2), p.extreme_coverage)], axis=1)
@@ -86,7 +91,7 @@ def grid_table(market: pd.DataFrame, meth: Methodology, *, wide: bool = False) -
             up = np.full(rows.size, p.concentration_up)
         else:
             widen = p.vol_scaled_sigmas * vol[rows] * np.sqrt(p.vol_scaled_horizon_days / 252.0)
-            down = np.minimum(np.maximum(p.down, widen), 0.99)
+            down = np.minimum(np.maximum(p.down, widen), MAX_DOWN)
             up = np.maximum(p.up, widen)
         parts.append((rows, *group_points(p, down, up)))
     if len(modes) > 1:
@@ -126,6 +131,12 @@ def read_scenario_file(path: str | Path) -> pd.DataFrame:
     except Exception as exc:  # unreadable: one line, no traceback
         raise InputFileError(f"{path}: cannot be read as {'CSV' if path.suffix.lower() == '.csv' else 'Parquet'} "
                              f"({type(exc).__name__}); write it as Parquet or CSV") from None
+    return check_scenarios(df, path)
+
+
+def check_scenarios(df: pd.DataFrame, path: str | Path = "scenarios") -> pd.DataFrame:
+    """A joint-scenario frame with the columns of SPEC 5.2 checked and the optional ones filled in
+    (``vol_shock`` 0, ``weight`` 1, ``label`` the id); ``path`` names it in errors."""
     for col in SCENARIO_COLUMNS:
         if col not in df.columns:
             raise InputFileError(f"{path}: required column {col!r} is missing; add it (SPEC 5.2)")

@@ -167,6 +167,51 @@ def test_extreme_moves_count_at_partial_coverage():
     assert "extreme" in ext["worst_scenario"].iloc[0]
 
 
+def test_an_extreme_move_past_minus_100_percent_stops_at_the_grid_floor():
+    """-7 x 15% would be -105%: no price goes below zero, so the move tested is the grid's floor (-99%),
+    for stock (whose P/L is linear: 0.35 x 0.99 x 10,000, not 0.35 x 1.05 x 10,000) and for options (whose
+    values below a zero price were NaN, and NaN became a zero requirement)."""
+    from gpu_margin._scenarios import MAX_DOWN
+
+    m = meth_text(extreme_multiple=7.0, extreme_coverage=0.35)
+    res, _ = run_grid([("A", "AAA", "stock", 100)], m)
+    assert res.accounts["pm_requirement"].iloc[0] == pytest.approx(0.35 * MAX_DOWN * 100 * 100.0, rel=1e-12)
+    assert res.classes["worst_price_move"].iloc[0] == -MAX_DOWN
+    for style in ("E", "A"):
+        res, _ = run_grid([("A", "AAA", "option", -1, "P", 90.0, 0.25, style)], m)
+        risk = res.classes["class_risk"].iloc[0]
+        v0 = float(option_price("P", 100.0, 90.0, 0.25, 0.30, 0.05, 0.0, style))
+        v_floor = float(option_price("P", 100.0 * (1 - MAX_DOWN), 90.0, 0.25, 0.30, 0.05, 0.0, style))
+        assert risk == pytest.approx(0.35 * 100 * (v_floor - v0), rel=1e-9)
+        assert res.accounts["pm_requirement"].iloc[0] == pytest.approx(risk, rel=1e-12)
+
+
+def test_turbulence_never_takes_the_extreme_move_below_zero():
+    """A 200% vol widens the range to 53% (3 sigma, 2 days) and the 2x extreme to -107%: the short put's
+    requirement is its loss at the floor, finite, not the NaN-turned-zero it once was."""
+    from gpu_margin._scenarios import MAX_DOWN
+
+    market = MARKET.assign(vol=[2.0, 0.40, 0.18])
+    m = meth_text(vol_scaled_sigmas=3.0, vol_scaled_horizon_days=2, extreme_multiple=2.0, extreme_coverage=1.0)
+    res, _ = run_grid([("A", "AAA", "option", -10, "P", 100.0, 0.25)], m, market=market)
+    v0 = float(option_price("P", 100.0, 100.0, 0.25, 2.0, 0.05))
+    v_floor = float(option_price("P", 100.0 * (1 - MAX_DOWN), 100.0, 0.25, 2.0, 0.05))
+    assert res.classes["class_risk"].iloc[0] == pytest.approx(1000 * (v_floor - v0), rel=1e-9)
+    assert np.isfinite(res.accounts[["pm_requirement", "pm_scenario_risk"]].to_numpy()).all()
+
+
+def test_a_loss_that_is_not_a_number_stops_the_run_naming_account_and_underlying(monkeypatch):
+    """Never a zero requirement from NaN: a non-finite class loss is a one-line error."""
+    from gpu_margin import _pm
+    from gpu_margin._exceptions import UserInputError
+
+    original = _pm.price_grid
+    monkeypatch.setattr(_pm, "price_grid", lambda *args, **kwargs: original(*args, **kwargs) * np.nan)
+    with pytest.raises(UserInputError, match=r"^account A, underlying AAA: the largest loss .* not a finite") as e:
+        run_grid([("A", "AAA", "option", -1, "P", 90.0, 0.25)], "finra")
+    assert "\n" not in str(e.value)
+
+
 def test_concentration_add_on():
     m = meth_text(concentration_threshold=0.1, concentration_down=0.30, concentration_up=0.30)
     res, _ = run_grid([("A", "AAA", "stock", 100)], m, cash={"A": 0.0})

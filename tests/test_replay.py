@@ -138,3 +138,42 @@ def test_scenario_pnl_written_a_row_group_at_a_time_is_the_file_written_whole(tm
         assert got[col].astype(str).tolist() == want[col].astype(str).tolist()
     np.testing.assert_array_equal(got["multiplier"].to_numpy(), want["multiplier"].to_numpy(np.float64))
     np.testing.assert_array_equal(got["pnl"].to_numpy(), want["pnl"].to_numpy(np.float64))
+
+
+def test_a_scenario_loss_that_is_not_a_number_stops_the_replay_naming_the_account(monkeypatch):
+    """Never a zero requirement from NaN, in replays too: a non-finite account loss is a one-line error."""
+    from gpu_margin import _compute, compute
+    from gpu_margin._exceptions import UserInputError
+
+    original = _compute.scenario_pnl_by_account
+    monkeypatch.setattr(_compute, "scenario_pnl_by_account", lambda *a, **k: original(*a, **k) * np.nan)
+    positions = pd.DataFrame({"account_id": ["X"], "underlying": ["A"], "kind": ["stock"], "quantity": [100.0]})
+    market = pd.DataFrame({"underlying": ["A"], "spot": [150.0], "vol": [0.25], "dividend_yield": [0.0],
+                           "product_group": ["equity"]})
+    scen = pd.DataFrame({"scenario_id": ["s1"], "underlying": ["A"], "price_shock": [-0.1]})  # weight 1 by default
+    kwargs = dict(asof="2024-03-15", rate=0.05, methodology="scenarios", device="cpu", scenarios=scen)
+    with pytest.raises(UserInputError, match=r"^account X: the largest loss .* not a finite") as e:
+        compute(positions, market, **kwargs)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(_compute, "scenario_pnl_by_account", original)
+    acc = compute(positions, market, **kwargs)["accounts"]
+    assert acc["pm_requirement"].iloc[0] == pytest.approx(100 * 150.0 * 0.1, rel=1e-12)
+
+
+def test_an_in_memory_scenario_frame_is_checked_as_a_file_is():
+    """``compute(scenarios=frame)``: the optional columns default as in a file, bad values are one-line errors."""
+    from gpu_margin import compute
+    from gpu_margin._exceptions import InputFileError
+
+    positions = pd.DataFrame({"account_id": ["X"], "underlying": ["A"], "kind": ["stock"], "quantity": [100.0]})
+    market = pd.DataFrame({"underlying": ["A"], "spot": [150.0], "vol": [0.25], "dividend_yield": [0.0],
+                           "product_group": ["equity"]})
+    kwargs = dict(asof="2024-03-15", rate=0.05, methodology="scenarios", device="cpu")
+    for frame, needle in (
+        (pd.DataFrame({"scenario_id": ["s1"], "underlying": ["A"]}), "required column 'price_shock'"),
+        (pd.DataFrame({"scenario_id": ["s1"], "underlying": ["A"], "price_shock": [-1.2]}), "must be > -1"),
+        (pd.DataFrame({"scenario_id": ["s1"], "underlying": ["A"], "price_shock": ["x"]}), "finite number"),
+    ):
+        with pytest.raises(InputFileError, match=needle) as e:
+            compute(positions, market, scenarios=frame, **kwargs)
+        assert str(e.value).startswith("scenarios: ") and "\n" not in str(e.value)
