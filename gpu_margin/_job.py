@@ -71,13 +71,16 @@ def load_job(path: str | Path) -> Job:
     """Read and validate a job file."""
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))  # TOML is UTF-8 whatever the locale
     except FileNotFoundError:
         raise JobError(f"{path}: job file not found; check the path") from None
     except OSError as exc:
         raise JobError(f"{path}: cannot be read ({exc.strerror}); check the path and permissions") from None
     except tomllib.TOMLDecodeError as exc:
         raise JobError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    except UnicodeDecodeError as exc:
+        raise JobError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                       "save it as UTF-8, as TOML requires") from None
     return parse_job(doc, path)
 
 

@@ -100,7 +100,7 @@ def load_methodology(spec: str | Path) -> Methodology:
     """A preset name (``finra``, ``house``, ``span16``) or a path to a methodology TOML file."""
     text_name = str(spec)
     if text_name in PRESETS:
-        text = resources.files("gpu_margin.presets").joinpath(f"{text_name}.toml").read_text()
+        text = resources.files("gpu_margin.presets").joinpath(f"{text_name}.toml").read_text(encoding="utf-8")
         return parse_methodology(text, name=f"preset {text_name!r}")
     path = Path(spec)
     if not path.exists():
@@ -109,9 +109,12 @@ def load_methodology(spec: str | Path) -> Methodology:
             "pass a preset name or a path to a TOML file"
         )
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # TOML is UTF-8 whatever the locale
     except OSError as exc:
         raise MethodologyError(f"{path}: cannot be read ({exc.strerror}); check the path and permissions") from None
+    except UnicodeDecodeError as exc:
+        raise MethodologyError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                               "save it as UTF-8, as TOML requires") from None
     return parse_methodology(text, name=str(path))
 
 

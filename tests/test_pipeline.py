@@ -515,6 +515,23 @@ def test_bad_job_key_is_one_line(tmp_path):
     assert "methodlogy" in res.stderr and res.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("which", ["job", "methodology"])
+def test_a_toml_file_that_is_not_utf8_is_one_line(tmp_path, which):
+    """A Latin-1 comment (byte 0xe9) in the job or the methodology file: one line naming the file, exit 2."""
+    meth = tmp_path / "m.toml"
+    meth.write_bytes(("# caf\xe9\n" if which == "methodology" else "").encode("latin-1")
+                     + b"[product_groups.equity]\ndown = 0.15\nup = 0.15\n")
+    job = tmp_path / "job.toml"
+    job.write_bytes(("# caf\xe9\n" if which == "job" else "").encode("latin-1")
+                    + f'asof = "2024-03-15"\nrate = 0.05\npositions = "p"\nmarket = "m.parquet"\n'
+                      f'methodology = "{meth}"\n'.encode())
+    res = cli("run", job)
+    assert res.returncode == 2, res.stderr
+    bad = job if which == "job" else meth
+    last = res.stderr.strip().splitlines()[-1]  # (a log line about the device may come first)
+    assert "Traceback" not in res.stderr and str(bad) in last and "UTF-8" in last, res.stderr
+
+
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
 def test_partitions_below_one_are_a_one_line_error(book_dir, tmp_path, value):
     res = cli("run", book_dir / "job.toml", "--out", tmp_path / "out", "--partitions", value)
