@@ -228,12 +228,28 @@ def option_values(book: Book, table: ScenarioTable | None, backend: Backend) -> 
         zero = backend.asarray(np.zeros((1, 1)))
         return price_grid(*args, amer, zero, zero)[:, 0], None
     k, m = table.price_move.shape
-    move = np.concatenate([table.price_move, np.zeros((k, 1))], axis=1)
-    vols = np.concatenate([table.vol_shock, np.zeros((k, 1))], axis=1)
-    v = price_grid(
-        *args, amer, backend.asarray(move), backend.asarray(vols),
-        shock_row=backend.asarray(c["_und"].to_numpy(np.int64)), vol_mode=table.vol_mode,
-    )
+    move = backend.asarray(np.concatenate([table.price_move, np.zeros((k, 1))], axis=1))
+    vols = backend.asarray(np.concatenate([table.vol_shock, np.zeros((k, 1))], axis=1))
+    row = c["_und"].to_numpy(np.int64)
+    if isinstance(table.vol_mode, str) or row.size == 0:
+        mode = table.vol_mode if isinstance(table.vol_mode, str) else "relative"  # (no contract: either mode)
+        v = price_grid(*args, amer, move, vols, shock_row=backend.asarray(row), vol_mode=mode)
+        return v[:, m], v[:, :m]
+    # product groups with different vol shock modes: one call per mode, the rows put back in contract order
+    # (a contract's values never depend on the other contracts of the call)
+    xp = backend.xp
+    contract_mode = np.asarray(table.vol_mode, dtype=object)[row]
+    parts, order = [], []
+    for mode in ("relative", "absolute"):
+        idx = np.flatnonzero(contract_mode == mode)
+        if idx.size:
+            take = backend.asarray(idx)
+            parts.append(price_grid(*(xp.take(a, take, axis=0) for a in args), xp.take(amer, take, axis=0), move,
+                                    vols, shock_row=backend.asarray(row[idx]), vol_mode=mode))
+            order.append(idx)
+    back = np.empty(row.size, dtype=np.int64)
+    back[np.concatenate(order)] = np.arange(row.size, dtype=np.int64)
+    v = xp.take(xp.concat(parts, axis=0), backend.asarray(back), axis=0)
     return v[:, m], v[:, :m]
 
 

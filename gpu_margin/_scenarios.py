@@ -28,7 +28,7 @@ class ScenarioTable:
     coverage: np.ndarray
     valid: np.ndarray  # bool
     labels: np.ndarray  # (k, m) object: scenario names
-    vol_mode: str
+    vol_mode: str | np.ndarray  # "relative" / "absolute", or one of them per row ((k,) object) where groups differ
 
     def columns(self, cols: slice) -> "ScenarioTable":
         """The table restricted to scenario columns ``cols``."""
@@ -78,11 +78,11 @@ def grid_table(market: pd.DataFrame, meth: Methodology, *, wide: bool = False) -
     groups = mk["product_group"].to_numpy(dtype=object)
     vol = mk["vol"].to_numpy(dtype=np.float64)
     parts = []
-    modes = set()
+    row_mode = np.empty(und.size, dtype=object)
     for g in sorted(set(groups)):
         p = meth.group(g)
-        modes.add(p.vol_shock_mode)
         rows = np.flatnonzero(groups == g)
+        row_mode[rows] = p.vol_shock_mode
         if wide:
             from dataclasses import replace  # noqa: PLC0415
 
@@ -94,10 +94,7 @@ def grid_table(market: pd.DataFrame, meth: Methodology, *, wide: bool = False) -
             down = np.minimum(np.maximum(p.down, widen), MAX_DOWN)
             up = np.maximum(p.up, widen)
         parts.append((rows, *group_points(p, down, up)))
-    if len(modes) > 1:
-        from ._exceptions import MethodologyError  # noqa: PLC0415
-
-        raise MethodologyError(f"{meth.name}: vol_shock_mode differs between product groups; use one mode")
+    modes = set(row_mode.tolist())
     m = max(part[1].shape[1] for part in parts)
     k = und.size
     price_move = np.zeros((k, m))
@@ -112,7 +109,9 @@ def grid_table(market: pd.DataFrame, meth: Methodology, *, wide: bool = False) -
         coverage[rows, :w] = cv
         valid[rows, :w] = True
         labels[rows, :w] = lb
-    return ScenarioTable(und, price_move, vol_shock, coverage, valid, labels, modes.pop())
+    # one mode for the table when the groups agree (or there are none), else each underlying's own
+    vol_mode = (modes.pop() if modes else meth.defaults.vol_shock_mode) if len(modes) <= 1 else row_mode
+    return ScenarioTable(und, price_move, vol_shock, coverage, valid, labels, vol_mode)
 
 
 SCENARIO_COLUMNS = ("scenario_id", "underlying", "price_shock")

@@ -212,6 +212,30 @@ def test_a_loss_that_is_not_a_number_stops_the_run_naming_account_and_underlying
     assert "\n" not in str(e.value)
 
 
+def test_vol_shock_mode_overridden_for_one_product_group():
+    """SPEC 9: any top-level key may be overridden per group, vol_shock_mode too. Equity shocks absolute
+    (sigma + 0.1), index shocks relative (sigma x 1.1) in one run: each class is what a run with its mode
+    everywhere gives, bit for bit, and the equity class differs from the all-relative run."""
+    def text(top_mode, equity_mode=None):
+        return parse_methodology(
+            f'vol_shocks = [-0.1, 0.0, 0.1]\nvol_shock_mode = "{top_mode}"\n'
+            "[product_groups.equity]\ndown = 0.15\nup = 0.15\npoints_per_side = 2\noffset = 0.0\n"
+            + (f'vol_shock_mode = "{equity_mode}"\n' if equity_mode else "")
+            + "[product_groups.broad_index_high_cap]\ndown = 0.08\nup = 0.06\npoints_per_side = 2\noffset = 0.0\n",
+            name="test")
+
+    rows = [("A", "AAA", "option", -1, "C", 100.0, 0.25), ("A", "SPX", "option", -1, "C", 4000.0, 0.25, "A")]
+    mixed = run_grid(rows, text("relative", "absolute"))[0].classes.set_index("underlying")["class_risk"]
+    rel = run_grid(rows, text("relative"))[0].classes.set_index("underlying")["class_risk"]
+    ab = run_grid(rows, text("absolute"))[0].classes.set_index("underlying")["class_risk"]
+    assert mixed["AAA"] == ab["AAA"] and mixed["SPX"] == rel["SPX"]
+    assert mixed["AAA"] != rel["AAA"]
+    # hand check: the AAA call's worst is price +15%, vol 0.30 + 0.10 (absolute)
+    v0 = float(option_price("C", 100.0, 100.0, 0.25, 0.30, 0.05))
+    assert mixed["AAA"] == pytest.approx(100 * (float(option_price("C", 115.0, 100.0, 0.25, 0.40, 0.05)) - v0),
+                                         rel=1e-9)
+
+
 def test_concentration_add_on():
     m = meth_text(concentration_threshold=0.1, concentration_down=0.30, concentration_up=0.30)
     res, _ = run_grid([("A", "AAA", "stock", 100)], m, cash={"A": 0.0})

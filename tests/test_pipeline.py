@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -499,12 +500,16 @@ def test_numpy_and_array_api_strict_agree():
     market = validate_market(market)
     acc = validate_accounts(accounts)
     valid, rejects = validate_positions(pos, market, asof="2024-03-15", rate=0.05)
-    meth = load_methodology("house")
-    a = margin_frames(valid, rejects, market, acc, meth, select_backend("cpu"))
-    strict = Backend("array_api_strict", array_api_strict, "array-api-strict (tests)")
-    b = margin_frames(valid, rejects, market, acc, meth, strict)
-    pd.testing.assert_frame_equal(a["accounts"], b["accounts"], rtol=1e-9)
-    pd.testing.assert_frame_equal(a["classes"], b["classes"], rtol=1e-9)
+    house = load_methodology("house")
+    # and with the product groups' vol shocks in different modes (one pricing call per mode)
+    mixed = replace(house, product_groups={**house.product_groups, "equity": replace(
+        house.product_groups["equity"], vol_shock_mode="absolute", vol_shocks=(-0.1, 0.0, 0.1))})
+    for meth in (house, mixed):
+        a = margin_frames(valid, rejects, market, acc, meth, select_backend("cpu"))
+        strict = Backend("array_api_strict", array_api_strict, "array-api-strict (tests)")
+        b = margin_frames(valid, rejects, market, acc, meth, strict)
+        pd.testing.assert_frame_equal(a["accounts"], b["accounts"], rtol=1e-9)
+        pd.testing.assert_frame_equal(a["classes"], b["classes"], rtol=1e-9)
 
 
 def test_bad_job_key_is_one_line(tmp_path):
