@@ -371,8 +371,10 @@ def _prepare(positions: pd.DataFrame, book: bool = False, und_names: np.ndarray 
         rows = np.flatnonzero(bad)
         row = int(rows[np.argmin(legs.rank[rows])])  # the first in (account, position_id) order
         raise InputFileError(
-            f"positions: 'product_group' must be one of {sorted(NAKED_PCT)} "
-            f"(got {positions['product_group'].iloc[row]!r} for position {pid_arr[row].as_py()!r})"
+            f"market: underlying {positions['underlying'].iloc[row]!r} has product_group "
+            f"{positions['product_group'].iloc[row]!r}, which has no Reg T naked-option rate (position "
+            f"{pid_arr[row].as_py()!r} is an option on it); give the underlying one of {sorted(NAKED_PCT)} "
+            "in the market file (SPEC 5.3)"
         )
 
     def num(col: str) -> np.ndarray:

@@ -541,3 +541,22 @@ def test_dense_ranks_are_the_ranks_of_sorted_distinct_values():
         ranks_of = k.copy()
         c = _dense_key_ranks(ranks_of)
         assert ranks_of.tolist() == np.unique(k, return_inverse=True)[1].tolist() and c == np.unique(k).size
+
+
+def test_an_option_in_a_product_group_reg_t_has_no_rate_for_is_a_one_line_error_naming_the_market_row():
+    """A custom product group the PM methodology knows but Reg T does not: the error names the underlying,
+    the group and the remedy (the market file), not a positions column."""
+    from gpu_margin import compute
+    from gpu_margin._methodology import parse_methodology
+
+    meth = parse_methodology("[product_groups.etf]\ndown = 0.15\nup = 0.15\n", name="custom")
+    positions = pd.DataFrame({"account_id": ["A"], "position_id": ["p1"], "underlying": ["QQQ"], "kind": ["option"],
+                              "right": ["C"], "strike": [400.0], "expiry": [pd.Timestamp("2024-06-21")],
+                              "quantity": [-1.0]})
+    market = pd.DataFrame({"underlying": ["QQQ"], "spot": [400.0], "vol": [0.2], "dividend_yield": [0.0],
+                           "product_group": ["etf"]})
+    with pytest.raises(InputFileError) as e:
+        compute(positions, market, asof="2024-03-15", rate=0.05, methodology=meth, device="cpu")
+    msg = str(e.value)
+    assert msg.startswith("market: underlying 'QQQ' has product_group 'etf'") and "market file" in msg
+    assert "'p1'" in msg and "\n" not in msg
