@@ -201,8 +201,10 @@ def _prepare(positions: pd.DataFrame) -> pd.DataFrame:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise InputFileError(
-            f"positions: 'product_group' must be one of {sorted(NAKED_PCT)} "
-            f"(got {legs['product_group'].iloc[row]!r} for position {legs['position_id'].iloc[row]!r})"
+            f"market: underlying {legs['underlying'].iloc[row]!r} has product_group "
+            f"{legs['product_group'].iloc[row]!r}, which has no Reg T naked-option rate (position "
+            f"{legs['position_id'].iloc[row]!r} is an option on it); give the underlying one of "
+            f"{sorted(NAKED_PCT)} in the market file (SPEC 5.3)"
         )
     is_call = legs["is_call"].to_numpy(dtype=bool)
     s = legs["spot"].to_numpy(dtype=np.float64)
