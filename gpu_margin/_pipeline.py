@@ -733,11 +733,61 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _check_out(job: Job) -> None:
+    """``--out`` must be a directory that neither holds nor lies inside an input (``--force`` would delete the
+    input, or the next run would read the outputs as positions), and not an existing plain file."""
+    out = Path(job.out)
+    if out.exists() and not out.is_dir():
+        raise JobError(f"{out}: exists and is not a directory; choose another --out")
+    here = out.resolve()
+    inputs = [("positions", job.positions), ("market", job.market), ("accounts", job.accounts),
+              ("scenarios", job.scenarios), ("job file", job.path)]
+    if job.methodology and Path(job.methodology).suffix == ".toml":
+        inputs.append(("methodology", Path(job.methodology)))
+    for what, path in inputs:
+        if path is None:
+            continue
+        there = Path(path).resolve()
+        if here == there or here.is_relative_to(there) or there.is_relative_to(here):
+            raise JobError(f"{out}: the output directory would {'hold' if there.is_relative_to(here) else 'lie in'} "
+                           f"the {what} input {path}; choose an --out outside the inputs")
+
+
+@contextlib.contextmanager
+def _out_lock(out: Path):
+    """Hold an exclusive lock on ``out`` for the run (a hidden ``.NAME.lock`` beside it): a second run on the
+    same ``--out`` stops at once instead of sharing, or deleting, the first one's work. The operating system
+    drops the lock when the process ends, however it ends."""
+    try:
+        import fcntl  # noqa: PLC0415
+    except ImportError:  # pragma: no cover (not POSIX: no lock)
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.lock"
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobError(f"{out}: another gpu-margin run is writing it (it holds {lock}); wait for that run to "
+                           "end or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions: int | None = None,
             progress: bool | None = None) -> RunResult:
     """Run a job end to end; see the module docstring."""
+    _check_out(job)
+    with _out_lock(Path(job.out)):
+        return _run_job(job, force=force, resume=resume, n_partitions=n_partitions, progress=progress)
+
+
+def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, progress: bool | None) -> RunResult:
     from ._backend import select_backend  # noqa: PLC0415
-    from ._io import read_accounts, read_market  # noqa: PLC0415
+    from ._io import InputFile, list_input_files, read_accounts, read_market  # noqa: PLC0415
     from ._methodology import load_methodology  # noqa: PLC0415
     from ._scenarios import read_scenario_file  # noqa: PLC0415
 
@@ -762,12 +812,13 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
     timings["plan"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    inputs = {str(f.path): sha256_file(f.path) for f in plan.files}
-    inputs[str(job.market)] = sha256_file(Path(job.market))
-    if job.accounts:
-        inputs[str(job.accounts)] = sha256_file(Path(job.accounts))
+    # every file read (an input given as a directory: each of its files)
+    read = [*plan.files, *market_in.files, *accounts_in.files]
+    inputs = {str(f.path): sha256_file(f.path) for f in read}
     if job.scenarios:
-        inputs[str(job.scenarios)] = sha256_file(Path(job.scenarios))
+        sc = Path(job.scenarios)
+        inputs.update({str(f.path): sha256_file(f.path) for f in (list_input_files(sc) if sc.is_dir() else
+                                                                  [InputFile(sc, sc.name)])})
     timings["hash_inputs"] = time.perf_counter() - t0
     fingerprint = _fingerprint(job, inputs, plan)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import shutil
 import subprocess
@@ -423,6 +424,50 @@ def test_existing_output_is_not_overwritten_without_force(book_dir, tmp_path):
     assert res.returncode == 2 and "--force" in res.stderr and "Traceback" not in res.stderr
     assert {f: (out / f).read_bytes() for f in RESULT_FILES} == before
     run(book_dir, out, "--force")
+
+
+def test_an_out_that_is_a_file_or_overlaps_an_input_is_refused_even_with_force(book_dir, tmp_path):
+    """--force never deletes an input or a plain file: one line, exit 2, the inputs untouched."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    for out in (a_file, book_dir, book_dir / "positions", book_dir / "positions" / "out", book_dir / "market.parquet",
+                book_dir / "accounts.parquet" / "x"):
+        res = cli("run", book_dir / "job.toml", "--out", out, "--quiet", "--force")
+        assert res.returncode == 2 and "Traceback" not in res.stderr, (out, res.stderr)
+        assert res.stderr.strip().splitlines()[-1].count(str(out)) >= 1 and "--out" in res.stderr, res.stderr
+    assert a_file.read_text() == "keep me"
+    assert (book_dir / "market.parquet").is_file() and (book_dir / "accounts.parquet").is_file()
+    assert len(list((book_dir / "positions").glob("*.parquet"))) == 3
+    assert not (book_dir / "positions" / "out").exists()
+
+
+def test_market_and_accounts_given_as_directories(book_dir, tmp_path):
+    """SPEC 3 allows a directory for any input table: the run reads it and the manifest digests each file."""
+    d = tmp_path / "book"
+    shutil.copytree(book_dir / "positions", d / "positions")
+    for name in ("market", "accounts"):
+        (d / name).mkdir(parents=True)
+        shutil.copy(book_dir / f"{name}.parquet", d / name / "part-0.parquet")
+    (d / "job.toml").write_text((book_dir / "job.toml").read_text().replace(".parquet", ""))
+    ref, out = run(book_dir, tmp_path / "ref"), run(d, tmp_path / "o")
+    assert same_files(ref, out)
+    inputs = json.loads((out / "manifest.json").read_text())["inputs"]
+    for name in ("market", "accounts"):
+        f = d / name / "part-0.parquet"
+        assert inputs[str(f)]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_a_second_run_on_the_same_out_stops_while_the_first_holds_it(book_dir, tmp_path):
+    """Two runs on one --out never share or delete each other's work: the second stops at once."""
+    import fcntl
+
+    out = tmp_path / "o"
+    with open(tmp_path / ".o.lock", "a") as fh:  # what a running run holds
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = cli("run", book_dir / "job.toml", "--out", out, "--quiet")
+        assert res.returncode == 2 and "another gpu-margin run" in res.stderr and "Traceback" not in res.stderr
+        assert not out.exists() and not (tmp_path / "o.partial").exists()
+    run(book_dir, out)  # the lock released: it runs
 
 
 def test_resume_after_a_crash_gives_the_clean_result(book_dir, tmp_path):
