@@ -344,6 +344,22 @@ def read_market(path: str | os.PathLike[str]) -> InputTable:
     return InputTable(frame, tuple(files), _extras_note("market", extras), tuple(extras))
 
 
+def _no_nan_cash(table: pa.Table, label: str) -> None:
+    """A stored NaN cash (a number that is not one, unlike a missing value, which counts as 0) is an error:
+    once in pandas the two look alike, and NaN would become a cash of 0."""
+    cash = table.column("cash")
+    if not pa.types.is_floating(cash.type):
+        return
+    nan = pc.fill_null(pc.is_nan(cash), False).to_numpy(zero_copy_only=False)
+    if nan.any():
+        i = int(np.flatnonzero(nan)[0])
+        who = table.column("account_id")[i].as_py()
+        more = int(nan.sum()) - 1
+        also = f" and {more} more row{'s' if more > 1 else ''}" if more else ""
+        raise InputFileError(f"{label}: column 'cash' must be a finite number (got NaN for account_id {who!r}{also}); "
+                             "give the cash balance or leave it empty (null) for 0")
+
+
 def read_accounts(path: str | os.PathLike[str] | None) -> InputTable:
     """The accounts table with defaults filled (cash 0, type 'portfolio'); an empty table for ``None``."""
     from ._validate import validate_accounts  # noqa: PLC0415
@@ -355,6 +371,7 @@ def read_accounts(path: str | os.PathLike[str] | None) -> InputTable:
         return InputTable(validate_accounts(to_frame(empty), "accounts"), ())
     table, files, extras = _read_input(path, "accounts", _conformed(ACCOUNT_COLUMNS))
     label = str(files[0].path) if len(files) == 1 else str(path)
+    _no_nan_cash(table, label)
     frame = validate_accounts(to_frame(table), label)
     return InputTable(frame, tuple(files), _extras_note("accounts", extras), tuple(extras))
 

@@ -289,3 +289,18 @@ def test_accounts_bad_type_is_fatal(tmp_path):
     with pytest.raises(InputFileError) as e:
         read_accounts(write(t, tmp_path / "accounts.parquet"))
     assert_one_line(e.value, "accounts.parquet", "'account_type'", "'margin'", "'A2'")
+
+
+def test_a_stored_nan_cash_is_an_error_and_a_missing_one_is_zero(tmp_path):
+    """NaN and null look alike once in pandas; a stored NaN (a failed upstream computation, perhaps a large
+    debit) must not become a cash of 0, while a null is the documented 'missing = 0'."""
+    path = tmp_path / "accounts.parquet"
+    cash = pa.array([1000.0, float("nan"), None, float("nan")], type=pa.float64(), from_pandas=False)
+    pq.write_table(pa.table({"account_id": ["A", "B", "C", "D"], "cash": cash}), path)
+    with pytest.raises(InputFileError) as e:
+        read_accounts(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: column 'cash'") and "NaN for account_id 'B' and 1 more row" in msg
+    assert "\n" not in msg
+    pq.write_table(pa.table({"account_id": ["A", "C"], "cash": pa.array([1000.0, None], pa.float64())}), path)
+    assert read_accounts(path).frame.set_index("account_id")["cash"].to_dict() == {"A": 1000.0, "C": 0.0}
