@@ -61,7 +61,7 @@ _KEYS = {
     "device": "auto, cpu or gpu",
     "scheduler": "threads, sync, processes or tcp://HOST:PORT",
     "scenarios": "a path to a scenario file (Parquet or CSV)",
-    "multipliers": "a list of positive numbers, e.g. [1, 2, 5]",
+    "multipliers": "a list of positive finite numbers, e.g. [1, 2, 5]",
     "partition_rows": "a positive integer (positions per partition)",
     "due_days": "a non-negative integer (business days until a margin call is due)",
 }
@@ -135,8 +135,8 @@ def parse_job(doc: dict[str, Any], path: Path | None = None) -> Job:
         kw["scheduler"] = check_scheduler(doc["scheduler"], name)
     if "multipliers" in doc:
         ms = doc["multipliers"]
-        if not isinstance(ms, list) or not ms or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0
-                                                       for x in ms):
+        if not isinstance(ms, list) or not ms or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                       or not 0 < x < float("inf") for x in ms):  # NaN fails too
             raise bad("multipliers")
         kw["multipliers"] = tuple(float(x) for x in ms)
     for key in ("partition_rows", "due_days"):

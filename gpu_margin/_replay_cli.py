@@ -25,8 +25,8 @@ def parse_multipliers(text: str | None) -> tuple[float, ...] | None:
         vals = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         vals = ()
-    if not vals or any(v <= 0 or v != v for v in vals):
-        raise JobError(f"--multipliers {text!r}: give positive numbers separated by commas, e.g. 1,2,5")
+    if not vals or any(not 0 < v < float("inf") for v in vals):  # NaN fails too
+        raise JobError(f"--multipliers {text!r}: give positive finite numbers separated by commas, e.g. 1,2,5")
     return vals
 
 

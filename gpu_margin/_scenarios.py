@@ -139,6 +139,8 @@ def check_scenarios(df: pd.DataFrame, path: str | Path = "scenarios") -> pd.Data
     for col in SCENARIO_COLUMNS:
         if col not in df.columns:
             raise InputFileError(f"{path}: required column {col!r} is missing; add it (SPEC 5.2)")
+    if len(df) == 0:
+        raise InputFileError(f"{path}: holds no scenarios; give at least one row (SPEC 5.2)")
     df = df.copy()
     df["scenario_id"] = df["scenario_id"].astype(str)
     df["underlying"] = df["underlying"].astype(str)

@@ -112,6 +112,23 @@ def test_bad_scenario_file_is_a_one_line_error_naming_the_row(two_stock_book, tm
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("multipliers", ["1,inf", "1,nan", "0", "-1"])
+def test_multipliers_must_be_positive_and_finite(two_stock_book, tmp_path, multipliers):
+    res = replay(two_stock_book, tmp_path / "r", "--multipliers", multipliers)
+    assert res.returncode == 2 and "--multipliers" in res.stderr and res.stderr.count("\n") == 1, res.stderr
+    job = two_stock_book / "job.toml"
+    job.write_text(job.read_text() + f"multipliers = [1.0, {multipliers.split(',')[-1]}]\n")
+    res = replay(two_stock_book, tmp_path / "r")
+    assert res.returncode == 2 and "multipliers" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_an_empty_scenario_file_is_a_one_line_error(two_stock_book, tmp_path):
+    pd.DataFrame({"scenario_id": pd.Series(dtype=str), "underlying": pd.Series(dtype=str),
+                  "price_shock": pd.Series(dtype=float)}).to_parquet(two_stock_book / "empty.parquet")
+    res = replay(two_stock_book, tmp_path / "r", scen="empty.parquet")
+    assert res.returncode == 2 and "no scenarios" in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
 @pytest.mark.parametrize(("n", "m", "rows"), [(7, 5, 6), (7, 5, 35), (7, 5, 1000), (1, 3, 1), (0, 4, 3), (3, 0, 3)])
 def test_scenario_pnl_written_a_row_group_at_a_time_is_the_file_written_whole(tmp_path, monkeypatch, n, m, rows):
     """A partition's account × scenario P/L goes to Parquet one row group at a time (bounded memory): the same
