@@ -733,6 +733,28 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _positions_notes(plan: Plan, summaries: list[dict[str, Any]], job: Job) -> list[str]:
+    """Manifest notes on the positions: extra columns the run does not use (SPEC 3: ignored with a note), and
+    accounts of the positions that have no row in the accounts file (margined on a cash of 0 as portfolio
+    accounts: an id spelled differently in the two files shows here)."""
+    from ._schema import POSITION_COLUMNS, POSITIONS_RESERVED  # noqa: PLC0415
+
+    known = {c.name for c in POSITION_COLUMNS} | set(POSITIONS_RESERVED)
+    extras: list[str] = []
+    for f in plan.files:
+        hive = {k for k, _ in f.partition}
+        extras += [n for n in pq.read_schema(f.path).names if n not in known and n not in hive and n not in extras]
+    notes = [f"positions: extra columns not used by the run (not in its outputs): {', '.join(extras)}"] \
+        if extras else []
+    if job.accounts and all("accounts_in_file" in s for s in summaries):
+        parts = [s for s in summaries if s["rows_in"] or s["counts"].get("accounts")]
+        missing = sum(s["counts"].get("accounts", 0) - s.get("accounts_in_file", 0) for s in parts)
+        if missing > 0:
+            notes.append(f"accounts: {missing} account(s) of the positions have no row in {job.accounts}; "
+                         "margined on a cash of 0 as portfolio accounts")
+    return notes
+
+
 def _check_out(job: Job) -> None:
     """``--out`` must be a directory that neither holds nor lies inside an input (``--force`` would delete the
     input, or the next run would read the outputs as positions), and not an existing plain file."""
@@ -924,7 +946,7 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
         "methodology": meth.as_dict(),
         "inputs": {k: {"sha256": v} for k, v in inputs.items()},
         "input_files_rows": {str(f.path): r for f, r in zip(plan.files, plan.rows_per_file)},
-        "notes": list(market_in.notes) + list(accounts_in.notes),
+        "notes": list(market_in.notes) + list(accounts_in.notes) + _positions_notes(plan, summaries, job),
         "device": backend.description,
         "scheduler": job.scheduler,
         "partitions": {"count": len(plan.partitions), "how": plan.how, "cash_only_part": bool(len(cash_only)),

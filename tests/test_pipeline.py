@@ -186,6 +186,26 @@ def _book_with_more_accounts(book_dir: Path, tmp_path: Path, extra: pd.DataFrame
     return acc
 
 
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_manifest_notes_extra_position_columns_and_accounts_missing_from_the_accounts_file(book_dir, tmp_path,
+                                                                                           partitions):
+    """SPEC 3: extra columns ignored with a note; and a position account without an accounts row (cash 0, an id
+    spelled differently in the two files, say) is counted in a note rather than passing unseen."""
+    pos = pd.concat([pd.read_parquet(f) for f in sorted((book_dir / "positions").glob("*.parquet"))])
+    (tmp_path / "positions").mkdir()
+    pos.assign(desk="equities").to_parquet(tmp_path / "positions" / "p.parquet")
+    shutil.copy(book_dir / "market.parquet", tmp_path / "market.parquet")
+    shutil.copy(book_dir / "job.toml", tmp_path / "job.toml")
+    acc = pd.read_parquet(book_dir / "accounts.parquet")
+    held = sorted(set(pos["account_id"]) & set(acc["account_id"]))
+    acc[~acc["account_id"].isin(held[:2])].to_parquet(tmp_path / "accounts.parquet")
+    out = run(tmp_path, tmp_path / "o", "--partitions", partitions)
+    notes = json.loads((out / "manifest.json").read_text())["notes"]
+    assert "positions: extra columns not used by the run (not in its outputs): desk" in notes
+    assert any(n.startswith(f"accounts: {2 + len(set(pos['account_id']) - set(acc['account_id']))} account(s) "
+                            "of the positions have no row in") for n in notes), notes
+
+
 def test_accounts_without_positions_are_margined_and_called(book_dir, tmp_path):
     """An account of the accounts file with no position (cash only) is reported, and called when its cash
     is negative, as ``compute`` does, whatever the partitions."""
