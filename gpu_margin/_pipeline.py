@@ -703,7 +703,10 @@ def dask_scheduler(name: str, device: str, progress: bool = False):
 
 
 def _fingerprint(job: Job, input_digests: dict[str, str], plan: Plan) -> str:
-    doc = {"params": job.params(), "inputs": input_digests,
+    """What a finished partition's parts depend on: inputs, parameters (not the scheduler, which runs the same
+    partitions to the same parts, so a run resumed on another scheduler keeps them) and the plan."""
+    params = {k: v for k, v in job.params().items() if k != "scheduler"}
+    doc = {"params": params, "inputs": input_digests,
            "plan": [(p.number, list(p.pieces), p.n_buckets, p.row_groups) for p in plan.partitions]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
