@@ -835,6 +835,12 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
     plan = plan_partitions(job.positions, job.partition_rows, n_partitions)
     log.info("partitions: %s", plan.how)
     timings["plan"] = time.perf_counter() - t0
+    scenarios_index = None
+    if scenarios is not None:
+        from ._scenarios import joint_table  # noqa: PLC0415
+
+        # resolve once on the host: a bad selector fails here, before any work (no OUT.partial left behind)
+        _, scenarios_index = joint_table(scenarios, market_in.frame, job.multipliers, source=str(job.scenarios))
 
     t0 = time.perf_counter()
     # every file read (an input given as a directory: each of its files)
@@ -856,12 +862,6 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
     work.mkdir(parents=True, exist_ok=True)
     fp_file.write_text(fingerprint)
 
-    scenarios_index = None
-    if scenarios is not None:
-        from ._scenarios import joint_table  # noqa: PLC0415
-
-        # resolve once on the host: a bad selector fails here, before any partition runs
-        _, scenarios_index = joint_table(scenarios, market_in.frame, job.multipliers, source=str(job.scenarios))
     accounts_key = inputs.get(str(job.accounts), "") if job.accounts else ""
     remember_accounts(accounts_key, accounts_in.frame)
     ctx = Context(job, plan.files, market_in.frame, accounts_key, scenarios, work, job.device, plan.duplicates)

@@ -228,7 +228,10 @@ def joint_table(scen: pd.DataFrame, market: pd.DataFrame, multipliers=(1.0,), *,
     price_m = (price[:, :, None] * mults[None, None, :]).reshape(k, -1)
     vol_m = (vol[:, :, None] * mults[None, None, :]).reshape(k, -1)
     if np.any(price_m <= -1.0):
-        raise InputFileError(f"{source}: a multiplier takes a price shock to -100% or below; "
+        r, c = (int(x[0]) for x in np.nonzero(price_m <= -1.0))
+        j, mi = divmod(c, mults.size)
+        raise InputFileError(f"{source}: scenario {ids[j]!r} shocks {und[r]!r} by {price[r, j]:+g}, which the "
+                             f"multiplier {mults[mi]:g} takes to {price_m[r, c]:+g} (-100% or below); "
                              "use smaller multipliers or shocks")
     index = pd.DataFrame({
         "scenario_id": np.repeat(ids.astype(str), mults.size),

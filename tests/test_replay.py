@@ -122,6 +122,14 @@ def test_multipliers_must_be_positive_and_finite(two_stock_book, tmp_path, multi
     assert res.returncode == 2 and "multipliers" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
+def test_a_multiplier_past_minus_100_percent_names_scenario_underlying_and_multiplier(two_stock_book, tmp_path):
+    """s1 shocks A by -10%: x20 is -200%. The error names all three and leaves no OUT.partial behind."""
+    res = replay(two_stock_book, tmp_path / "r", "--multipliers", "1,20")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "scenario 's1' shocks 'A' by -0.1" in res.stderr and "multiplier 20" in res.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
+
+
 def test_an_empty_scenario_file_is_a_one_line_error(two_stock_book, tmp_path):
     pd.DataFrame({"scenario_id": pd.Series(dtype=str), "underlying": pd.Series(dtype=str),
                   "price_shock": pd.Series(dtype=float)}).to_parquet(two_stock_book / "empty.parquet")
