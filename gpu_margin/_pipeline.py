@@ -788,9 +788,14 @@ def _out_lock(out: Path):
     except ImportError:  # pragma: no cover (not POSIX: no lock)
         yield
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}.lock"
-    with open(lock, "a") as fh:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a")  # noqa: SIM115 (closed below)
+    except OSError as exc:
+        raise JobError(f"{out}: cannot create {lock} ({exc.strerror}); choose an --out in a folder you can write "
+                       "to") from None
+    with fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -450,8 +450,8 @@ def test_an_out_that_is_a_file_or_overlaps_an_input_is_refused_even_with_force(b
     """--force never deletes an input or a plain file: one line, exit 2, the inputs untouched."""
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep me")
-    for out in (a_file, book_dir, book_dir / "positions", book_dir / "positions" / "out", book_dir / "market.parquet",
-                book_dir / "accounts.parquet" / "x"):
+    for out in (a_file, a_file / "out", book_dir, book_dir / "positions", book_dir / "positions" / "out",
+                book_dir / "market.parquet", book_dir / "accounts.parquet" / "x"):
         res = cli("run", book_dir / "job.toml", "--out", out, "--quiet", "--force")
         assert res.returncode == 2 and "Traceback" not in res.stderr, (out, res.stderr)
         assert res.stderr.strip().splitlines()[-1].count(str(out)) >= 1 and "--out" in res.stderr, res.stderr
