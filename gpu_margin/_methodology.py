@@ -67,6 +67,7 @@ class Methodology:
             "kind": self.kind,
             "name": self.name,
             "min_equity": self.min_equity,
+            "defaults": asdict(self.defaults),  # what a group not listed, and a scenarios methodology, use
             "product_groups": {k: asdict(v) for k, v in self.product_groups.items()},
         }
 

@@ -702,11 +702,12 @@ def dask_scheduler(name: str, device: str, progress: bool = False):
         yield (lambda coll: _distributed_compute(client, coll, progress)), f"dask.distributed cluster at {name}"
 
 
-def _fingerprint(job: Job, input_digests: dict[str, str], plan: Plan) -> str:
+def _fingerprint(job: Job, input_digests: dict[str, str], plan: Plan, meth: Any) -> str:
     """What a finished partition's parts depend on: inputs, parameters (not the scheduler, which runs the same
-    partitions to the same parts, so a run resumed on another scheduler keeps them) and the plan."""
+    partitions to the same parts, so a run resumed on another scheduler keeps them), the methodology's every
+    value (a methodology file edited between a crash and --resume changes it) and the plan."""
     params = {k: v for k, v in job.params().items() if k != "scheduler"}
-    doc = {"params": params, "inputs": input_digests,
+    doc = {"params": params, "inputs": input_digests, "methodology": meth.as_dict(),
            "plan": [(p.number, list(p.pieces), p.n_buckets, p.row_groups) for p in plan.partitions]}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -856,7 +857,11 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
         inputs.update({str(f.path): sha256_file(f.path) for f in (list_input_files(sc) if sc.is_dir() else
                                                                   [InputFile(sc, sc.name)])})
     timings["hash_inputs"] = time.perf_counter() - t0
-    fingerprint = _fingerprint(job, inputs, plan)
+    from ._methodology import PRESETS  # noqa: PLC0415
+
+    if job.methodology not in PRESETS:  # a methodology file: its bytes too
+        inputs[str(job.methodology)] = sha256_file(Path(job.methodology))
+    fingerprint = _fingerprint(job, inputs, plan, meth)
 
     work = out.with_name(out.name + ".partial")
     fp_file = work / "fingerprint"
