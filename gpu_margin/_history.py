@@ -249,9 +249,12 @@ def history_returns(prices: pd.DataFrame, horizon: int, vols: pd.DataFrame | Non
     ret = p["close"] / g["close"].shift(h) - 1.0
     iv = p["iv"]
     if vols is not None and len(vols):
+        # an underlying the vols file names takes its iv from there alone, both ends of every window (a gap
+        # there is no iv, never the prices file's iv in another unit: 13.76 / 0.14 - 1 is no vol shock)
         v = vols.set_index(["underlying", "date"])["iv"]
         key = pd.MultiIndex.from_arrays([p["underlying"], p["date"]])
-        iv = pd.Series(v.reindex(key).to_numpy(), index=p.index).combine_first(iv)  # VOLS wins
+        covered = p["underlying"].isin(set(vols["underlying"])).to_numpy()
+        iv = pd.Series(v.reindex(key).to_numpy(), index=p.index).where(covered, iv)
     iv_key = pd.Series(iv.to_numpy(), index=pd.MultiIndex.from_arrays([p["underlying"], p["date"]]))
     iv_key = iv_key[iv_key.notna()]
     iv0 = pd.Series(iv_key.reindex(pd.MultiIndex.from_arrays([p["underlying"], start])).to_numpy(), index=p.index)
@@ -363,8 +366,8 @@ def scenarios_from_history(prices: pd.DataFrame, dates: str | Sequence, horizon:
     (a comma-separated string or a list). ``groups``: ``underlying ->
     product_group`` (a Series, mapping, or the market frame); when given, the
     scenarios cover exactly the market's underlyings, otherwise those of
-    ``prices``. ``vols``: ``date``, ``underlying``, ``iv`` (wins over
-    ``prices.iv``).
+    ``prices``. ``vols``: ``date``, ``underlying``, ``iv`` (for the underlyings it
+    names it replaces ``prices.iv`` entirely, so a window never mixes the two).
 
     Columns: ``scenario_id`` (ISO date), ``underlying``, ``price_shock``,
     ``vol_shock``, ``weight`` (1.0), ``label`` (``"2008-10-15 1d"``), ``date``,

@@ -128,6 +128,19 @@ def test_vols_tables():
     assert row(out, DAYS[4], "BBB")["vol_shock"] == 0.0
 
 
+def test_a_vols_file_replaces_the_prices_iv_of_its_underlyings_at_both_ends_of_a_window():
+    """Prices carry iv 0.14 (a fraction); the vols file, in vol points, misses the window's start: no vol
+    shock, not 13.76 / 0.14 - 1. An underlying the vols file does not name keeps the prices' iv."""
+    p = synth_prices().assign(iv=0.14)
+    p.loc[p["underlying"] == "BBB", "iv"] = np.linspace(0.2, 0.3, (p["underlying"] == "BBB").sum())
+    vols = pd.DataFrame({"date": DAYS[3:], "underlying": "AAA", "iv": 13.76})
+    out = scenarios_from_history(p, [DAYS[3], DAYS[4]], 1, vols=vols)
+    assert row(out, DAYS[3], "AAA")["vol_shock"] == 0.0  # no vols-file iv on DAYS[2]
+    assert row(out, DAYS[4], "AAA")["vol_shock"] == 0.0  # 13.76 -> 13.76
+    bbb = p.loc[p["underlying"] == "BBB"].set_index("date")["iv"]
+    assert row(out, DAYS[4], "BBB")["vol_shock"] == pytest.approx(bbb[DAYS[4]] / bbb[DAYS[3]] - 1)
+
+
 def test_vix_file_applies_to_named_underlyings(tmp_path):
     f = tmp_path / "vix.csv"
     f.write_text("date,vix\n" + "".join(f"{d:%Y-%m-%d},{'.' if i == 1 else 20 + i}\n" for i, d in enumerate(DAYS)))
