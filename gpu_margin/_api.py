@@ -10,14 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from array_api_compat import is_numpy_namespace
+from array_api_compat import is_array_api_obj, is_numpy_namespace
 
 from .kernels import american_price, bsm_price
 from .kernels import implied_vol as _implied_vol
 from .kernels._xp import namespace
 
 
+def _on_device(x: Any) -> bool:
+    """An array of a namespace other than NumPy (CuPy, ...): booleans already, never strings, and not to be
+    copied to the host (CuPy refuses ``np.asarray`` of its arrays)."""
+    return is_array_api_obj(x) and not isinstance(x, (np.ndarray, np.generic))
+
+
 def _style_is_american(style: Any, xp: Any, like: Any) -> Any:
+    if _on_device(style):
+        return xp.asarray(style, dtype=xp.bool)
     s = np.asarray(style)
     if s.dtype.kind in "US" or s.dtype == object:
         codes = _letter_codes(s)
@@ -39,6 +47,8 @@ def _letter_codes(a: np.ndarray) -> np.ndarray | None:
 
 
 def _right_is_call(right: Any, xp: Any) -> Any:
+    if _on_device(right):
+        return xp.asarray(right, dtype=xp.bool)
     r = np.asarray(right)
     if r.dtype.kind in "US" or r.dtype == object:
         codes = _letter_codes(r)

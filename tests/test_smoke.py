@@ -32,3 +32,26 @@ def test_gpu_device_without_gpu_is_one_line_error(monkeypatch):
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "--device cpu" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_option_price_and_implied_vol_take_device_booleans_without_a_host_copy(monkeypatch):
+    """``right``/``style`` as boolean arrays of another namespace (CuPy on a GPU) stay there: CuPy refuses
+    ``np.asarray`` of its arrays, which array_api_strict is made to refuse here too."""
+    import array_api_strict as xs
+    import numpy as np
+
+    def refuse(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+    spot, strike = xs.asarray([100.0, 100.0]), xs.asarray([100.0, 90.0])
+    t, vol = xs.asarray([0.5, 1.0]), xs.asarray([0.2, 0.3])
+    right, style = xs.asarray([True, False]), xs.asarray([False, True])
+    want = [float(gpu_margin.option_price("C", 100.0, 100.0, 0.5, 0.2, 0.05, 0.0, "E")),
+            float(gpu_margin.option_price("P", 100.0, 90.0, 1.0, 0.3, 0.05, 0.0, "A"))]
+    monkeypatch.setattr(type(spot), "__array__", refuse)
+    v = gpu_margin.option_price(right, spot, strike, t, vol, 0.05, 0.0, style)
+    assert type(v) is type(spot)
+    got = [float(v[0]), float(v[1])]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    iv = gpu_margin.implied_vol(v, right, spot, strike, t, 0.05, 0.0, style)
+    np.testing.assert_allclose([float(iv[0]), float(iv[1])], [0.2, 0.3], rtol=1e-8)
