@@ -649,7 +649,7 @@ def _local_get(name: str) -> Any:
 
 
 @contextlib.contextmanager
-def dask_scheduler(name: str, device: str, progress: bool = False):
+def dask_scheduler(name: str, gpu: bool, progress: bool = False):
     """Yield ``(compute(collection) -> result, description)`` for a scheduler name or a dask.distributed address.
 
     ``threads`` and ``sync`` are Dask's local schedulers; ``processes`` starts a
@@ -677,17 +677,23 @@ def dask_scheduler(name: str, device: str, progress: bool = False):
 
     if name == "processes":
         cluster = None
-        if device == "gpu":
-            with contextlib.suppress(ImportError):
+        workers = os.cpu_count() or 1
+        if gpu:  # the backend chosen (--device gpu, or auto that found one): one worker per GPU
+            try:
                 from dask_cuda import LocalCUDACluster  # noqa: PLC0415
 
                 cluster = LocalCUDACluster(ip="127.0.0.1", dashboard_address="127.0.0.1:0")
+            except Exception as exc:  # not installed, or no usable NVML: one process, so one CUDA context
+                workers = 1
+                log.warning("scheduler: dask_cuda.LocalCUDACluster unavailable (%s: %s); one worker process "
+                            "drives the GPU (install gpu-margin[gpu] for one worker per GPU)",
+                            type(exc).__name__, exc)
         if cluster is None:
             # The nanny's default MALLOC_TRIM_THRESHOLD_ hands freed memory back to the OS at once; a
             # partition allocates and frees large arrays all the time, so every one is page-faulted
             # in afresh (4.5x the page faults of the threaded run). glibc's own policy keeps them.
             with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
-                cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                        host="127.0.0.1", dashboard_address="127.0.0.1:0")
         with cluster, Client(cluster) as client:
             yield (lambda coll: _distributed_compute(client, coll, progress)), \
@@ -885,7 +891,7 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
                                        enforce_metadata=False, align_dataframes=False)
     t0 = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
-    with dask_scheduler(job.scheduler, job.device, show) as (compute, sched_desc):
+    with dask_scheduler(job.scheduler, backend.is_gpu, show) as (compute, sched_desc):
         log.info("scheduler: %s", sched_desc)
         summaries = list(compute(results)["summary"])
         # accounts of the accounts file with no position in the book (cash only): one more part, no rows

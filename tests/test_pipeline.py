@@ -303,6 +303,27 @@ def test_local_schedulers_do_not_import_dask_distributed(book_dir, tmp_path, sch
     assert res.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_processes_on_a_gpu_without_dask_cuda_use_one_worker_and_say_so(caplog, monkeypatch):
+    """Without dask_cuda a GPU run's processes scheduler is one worker process (one CUDA context), not one
+    per core all on GPU 0; the log says why."""
+    import builtins
+    import logging
+
+    from gpu_margin._pipeline import dask_scheduler
+
+    real_import = builtins.__import__
+
+    def no_dask_cuda(name, *args, **kwargs):
+        if name == "dask_cuda":
+            raise ImportError("No module named 'dask_cuda'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dask_cuda)
+    with caplog.at_level(logging.WARNING, logger="gpu_margin"), dask_scheduler("processes", True) as (_, desc):
+        assert "(1 workers on 127.0.0.1)" in desc
+    assert any("LocalCUDACluster unavailable" in r.getMessage() for r in caplog.records)
+
+
 def test_files_larger_than_a_partition_are_split_by_account(book_dir, tmp_path):
     from gpu_margin._pipeline import plan_partitions
 
