@@ -44,11 +44,38 @@ def _segment_sum_numpy(values: Any, segment_ids: Any, n_segments: int) -> Any:
 
 def _segment_sum_cupy(values: Any, segment_ids: Any, n_segments: int) -> Any:  # pragma: no cover (GPU)
     import cupy  # noqa: PLC0415
-    import cupyx  # noqa: PLC0415
 
-    out = cupy.zeros((n_segments, values.shape[1]), dtype=cupy.float64)
-    cupyx.scatter_add(out, segment_ids, values)
+    return segment_sum_placed(cupy, values, segment_ids, n_segments)
+
+
+def segment_sum_placed(xp: Any, values: Any, segment_ids: Any, n_segments: int) -> Any:
+    """The segmented scan of :func:`segment_sum_generic`, its totals put in place by index assignment
+    (NumPy, CuPy): the same bits on every run. ``cupyx.scatter_add`` adds with atomics in an order that
+    changes from run to run, so a GPU rerun's files would differ in the last bits and a tied worst
+    scenario could flip."""
+    out = xp.zeros((n_segments, values.shape[1]), dtype=xp.float64)
+    if values.shape[0] == 0:
+        return out
+    totals, seg_of_last = _scan_totals(xp, values, segment_ids)
+    out[seg_of_last] = totals  # each segment once: no two writes to one row
     return out
+
+
+def _scan_totals(xp: Any, values: Any, segment_ids: Any) -> tuple[Any, Any]:
+    """Each segment's total and its id, by a segmented inclusive scan (rows sorted by segment)."""
+    n = values.shape[0]
+    acc = values
+    seg = segment_ids
+    shift = 1
+    while shift < n:
+        same = seg[shift:] == seg[:-shift]
+        moved = xp.where(same[:, None], acc[:-shift, :], 0.0)
+        acc = xp.concat([acc[:shift, :], acc[shift:, :] + moved], axis=0)
+        shift *= 2
+    # the last row of each segment holds its total
+    is_last = xp.concat([seg[1:] != seg[:-1], xp.ones((1,), dtype=xp.bool)])
+    last_rows = xp.nonzero(is_last)[0]
+    return xp.take(acc, last_rows, axis=0), xp.take(seg, last_rows)
 
 
 def segment_sum_generic(xp: Any, values: Any, segment_ids: Any, n_segments: int) -> Any:
@@ -62,21 +89,10 @@ def segment_sum_generic(xp: Any, values: Any, segment_ids: Any, n_segments: int)
     out = xp.zeros((n_segments, m), dtype=xp.float64)
     if n == 0:
         return out
-    acc = values
-    seg = segment_ids
-    shift = 1
-    while shift < n:
-        same = seg[shift:] == seg[:-shift]
-        moved = xp.where(same[:, None], acc[:-shift, :], 0.0)
-        acc = xp.concat([acc[:shift, :], acc[shift:, :] + moved], axis=0)
-        shift *= 2
-    # the last row of each segment holds its total
-    is_last = xp.concat([seg[1:] != seg[:-1], xp.ones((1,), dtype=xp.bool)])
-    last_rows = xp.nonzero(is_last)[0]
-    totals = xp.take(acc, last_rows, axis=0)
-    seg_of_last = xp.take(seg, last_rows)
+    totals, seg_of_last = _scan_totals(xp, values, segment_ids)
     # place totals at their segment ids: one-hot (n_segments, k) @ (k, m)
     onehot = xp.astype(
-        xp.arange(n_segments, dtype=seg.dtype)[:, None] == seg_of_last[None, :], xp.float64
+        xp.arange(n_segments, dtype=seg_of_last.dtype)[:, None] == seg_of_last[None, :], xp.float64
     )
     return out + onehot @ totals
+
