@@ -40,6 +40,8 @@ import math
 from functools import lru_cache
 from typing import Any
 
+from array_api_compat import is_cupy_namespace
+
 from ._xp import as_bool, as_float, broadcast_float, namespace
 from .normal import mills_ratio_hart
 
@@ -55,6 +57,7 @@ N_QD_ITER = 2  # Halley iterations on the QD+ equation (from Bjerksund–Stensla
 _B_FLOOR = 1e-12  # boundary floor, relative to B(0+)
 _RATE_MIN = 1e-12  # below this rate early exercise is worth < 1e-12·T of the strike: European
 _CHUNK = 2048  # options solved at a time in the constructor (keeps its temporaries in cache)
+_GPU_CHUNK = 1 << 18  # ... on a GPU
 
 
 # --- constants of the scheme, in plain Python --------------------------------
@@ -267,8 +270,9 @@ class AmericanPut:
         self.xp = xp
         n_opt = tau.shape[0]
         parts = []
-        for lo in range(0, max(n_opt, 1), _CHUNK):
-            hi = min(lo + _CHUNK, n_opt)
+        chunk = _GPU_CHUNK if is_cupy_namespace(xp) else _CHUNK  # on a GPU an operation is a kernel launch
+        for lo in range(0, max(n_opt, 1), chunk):
+            hi = min(lo + chunk, n_opt)
             parts.append(_solve(xp, tau[lo:hi], r[lo:hi], q[lo:hi], vol[lo:hi]))
         for name in self._FIELDS + self._POINT_FIELDS:
             arrays = [part[name] for part in parts]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import is_numpy_namespace
+from array_api_compat import is_cupy_namespace, is_numpy_namespace
 
 from ._xp import as_bool, as_float, namespace
 from .american import AmericanPut
@@ -29,6 +29,8 @@ from .normal import mills_ratio_hart
 
 VOL_FLOOR = 1e-3
 BLOCK_ELEMENTS = 16384
+#: On a GPU each array operation is a kernel launch: blocks of this many values keep the device busy.
+GPU_BLOCK_ELEMENTS = 1 << 22
 
 
 def price_grid(
@@ -46,7 +48,7 @@ def price_grid(
     shock_row: Any = None,
     vol_mode: str = "relative",
     vol_floor: float = VOL_FLOOR,
-    block_elements: int = BLOCK_ELEMENTS,
+    block_elements: int | None = None,
     fused: bool = True,
 ) -> Any:
     """Option values per unit of underlying under every scenario, ``(n, m)`` float64.
@@ -84,6 +86,8 @@ def price_grid(
     if n == 0:
         return xp.zeros((0, m), dtype=xp.float64)
 
+    if block_elements is None:  # larger blocks on a GPU, where an operation is a kernel launch
+        block_elements = GPU_BLOCK_ELEMENTS if is_cupy_namespace(xp) else BLOCK_ELEMENTS
     contracts = (call, spot, strike, t, vol, rate, q, shock_row)
     euro_grid = _european_grid
     if fused and is_numpy_namespace(xp) and _fused_available():

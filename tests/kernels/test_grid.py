@@ -167,6 +167,20 @@ def test_block_size_does_not_change_results(xp, fused, block_elements):
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("chunk", [3, 1 << 18])
+def test_boundary_solve_chunk_does_not_change_results(xp, chunk, monkeypatch):
+    """The American boundary is solved ``_CHUNK`` options at a time (2,048 on the CPU, 2**18 on a GPU):
+    the values do not depend on it, bit for bit."""
+    from gpu_margin.kernels import american
+
+    b = _book(25, 40, american=1.0, expired=0.1)
+    ss, vs = _tables(26, 2, 7, "relative")
+    row = np.random.default_rng(27).integers(0, 2, 40)
+    ref = run_grid(xp, b, ss, vs, row, fused=False)
+    monkeypatch.setattr(american, "_CHUNK", chunk)
+    np.testing.assert_array_equal(run_grid(xp, b, ss, vs, row, fused=False), ref)
+
+
 def test_row_order_is_kept_for_mixed_styles():
     """Each contract's row is its own: the same grid with the contracts permuted, permuted."""
     b = _book(21, 60, american=0.5)
