@@ -65,6 +65,11 @@ def _probe_cupy() -> tuple[Any, str]:
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     except Exception:
         name = "CUDA device 0"
+    try:  # one small computation: a device is no use if CuPy cannot build or run a kernel on it (NVRTC, driver)
+        if abs(float(cupy.exp(cupy.arange(3, dtype=cupy.float64)).sum()) - float(np.exp(np.arange(3.0)).sum())) > 1e-9:
+            return None, f"CuPy computes wrong values on {name}"
+    except Exception as exc:
+        return None, f"CuPy cannot run a kernel on {name} ({type(exc).__name__}: {exc})"
     return cupy, f"{name} ({n} device{'s' if n > 1 else ''})"
 
 

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import gpu_margin
 
 
@@ -55,3 +57,29 @@ def test_option_price_and_implied_vol_take_device_booleans_without_a_host_copy(m
     np.testing.assert_allclose(got, want, rtol=1e-12)
     iv = gpu_margin.implied_vol(v, right, spot, strike, t, 0.05, 0.0, style)
     np.testing.assert_allclose([float(iv[0]), float(iv[1])], [0.2, 0.3], rtol=1e-8)
+
+
+def test_a_cupy_that_cannot_run_a_kernel_is_no_gpu(monkeypatch):
+    """CuPy imports and sees a device, but building a kernel fails (no NVRTC, a driver mismatch): auto falls
+    back to NumPy saying why, gpu is a one-line DeviceError; not a crash in the middle of a partition."""
+    import sys
+    import types
+
+    from gpu_margin import _backend
+    from gpu_margin._exceptions import DeviceError
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("nvrtc: libnvrtc.so not found")
+
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Fake GPU"})
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime), arange=broken, exp=broken,
+                                 float64="float64")
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    _backend._probe_cupy.cache_clear()
+    try:
+        auto = _backend.select_backend("auto")
+        assert auto.name == "numpy" and "cannot run a kernel on Fake GPU" in auto.description
+        with pytest.raises(DeviceError, match="cannot run a kernel"):
+            _backend.select_backend("gpu")
+    finally:
+        _backend._probe_cupy.cache_clear()
