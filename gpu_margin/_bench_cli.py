@@ -16,6 +16,8 @@ def _args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("book", help="a job file, or a directory written by `gpu-margin synth` (its job.toml)")
     parser.add_argument("--scheduler", default=None, help="threads (default), sync, processes or an address")
     parser.add_argument("--repeat", type=int, default=1, help="runs per device; the median is reported")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed runs per device first (CUDA context, CuPy and Numba kernels; default 1)")
 
 
 def _job_path(book: str) -> Path:
@@ -43,6 +45,9 @@ def _bench(args: argparse.Namespace) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="gpu-margin-bench-") as tmp:
         for dev in devices:
+            for i in range(max(0, args.warmup)):  # not timed: first-use costs are not the device's speed
+                run_job(job.with_overrides(device=dev, out=Path(tmp) / f"{dev}-warmup-{i}"), force=True,
+                        progress=False)
             runs = []
             for i in range(max(1, args.repeat)):
                 out = Path(tmp) / f"{dev}-{i}"

@@ -324,6 +324,21 @@ def test_processes_on_a_gpu_without_dask_cuda_use_one_worker_and_say_so(caplog, 
     assert any("LocalCUDACluster unavailable" in r.getMessage() for r in caplog.records)
 
 
+def test_bench_times_the_book_on_numpy_after_an_untimed_warmup_and_says_there_is_no_gpu(book_dir, monkeypatch,
+                                                                                       capsys):
+    from gpu_margin import _pipeline
+
+    outs = []
+    real = _pipeline.run_job
+    monkeypatch.setattr(_pipeline, "run_job", lambda job, **kw: outs.append(job.out.name) or real(job, **kw))
+    from gpu_margin._main import main
+
+    assert main(["bench", str(book_dir / "job.toml"), "--repeat", "2", "--warmup", "1"]) == 0
+    assert outs == ["cpu-warmup-0", "cpu-0", "cpu-1"]
+    printed = capsys.readouterr().out
+    assert "GPU: none" in printed and "\ncpu " in printed and "positions/s" in printed
+
+
 def test_files_larger_than_a_partition_are_split_by_account(book_dir, tmp_path):
     from gpu_margin._pipeline import plan_partitions
 
