@@ -299,4 +299,10 @@ def _scenario_margin(book, market, meth, scenarios, multipliers, backend, all_id
     pm = pd.DataFrame({"pm_scenario_risk": risk, "pm_requirement": risk,
                        "worst_scenario": np.where(risk > 0, names[worst] if m else None, None)},
                       index=pd.Index(book.accounts, name="account_id")).reindex(all_ids)
-    return pm, ScenarioPnl(backend.to_host(pnl), np.asarray(book.accounts, dtype=object), index)
+    # every reported account has its P/L rows (zero where it holds no valued position: cash only, or only
+    # rejected rows), as the accounts table has a row for it
+    held = pd.Index(all_ids).get_indexer(pd.Index(book.accounts))
+    assert held.size == 0 or held.min() >= 0  # the reported accounts include the book's
+    matrix = np.zeros((len(all_ids), m))
+    matrix[held] = backend.to_host(pnl)
+    return pm, ScenarioPnl(matrix, np.asarray(all_ids, dtype=object), index)

@@ -122,6 +122,31 @@ def test_multipliers_must_be_positive_and_finite(two_stock_book, tmp_path, multi
     assert res.returncode == 2 and "multipliers" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
+def test_scenario_pnl_has_every_reported_account(two_stock_book, tmp_path):
+    """A cash-only account and one whose only position is rejected are in the accounts table, so they are in
+    scenario_pnl too, with P/L 0 under every scenario; the others' rows are unchanged."""
+    ref = replay(two_stock_book, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    pos = pd.read_parquet(two_stock_book / "positions.parquet")
+    bad = pos.iloc[[0]].assign(account_id="R", underlying="NOPE")
+    pd.concat([pos, bad], ignore_index=True).to_parquet(two_stock_book / "positions.parquet")
+    pd.DataFrame({"account_id": ["X", "Z"], "cash": [0.0, 5000.0]}).to_parquet(two_stock_book / "accounts.parquet")
+    job = two_stock_book / "job.toml"
+    job.write_text(job.read_text() + 'accounts = "accounts.parquet"\n')
+    res = replay(two_stock_book, tmp_path / "r", "--partitions", 2)
+    assert res.returncode == 0, res.stderr
+    spnl = pd.read_parquet(tmp_path / "r" / "scenario_pnl")
+    acc = pd.read_parquet(tmp_path / "r" / "accounts.parquet")
+    assert sorted(spnl["account_id"].unique()) == sorted(acc["account_id"]) == ["R", "X", "Y", "Z"]
+    assert (spnl.loc[spnl["account_id"].isin(["R", "Z"]), "pnl"] == 0.0).all()
+    def rows(frame):
+        frame = frame.astype({"account_id": str, "scenario_id": str})
+        return frame.sort_values(["account_id", "scenario_id", "multiplier"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(rows(spnl[spnl["account_id"].isin(["X", "Y"])]),
+                                  rows(pd.read_parquet(tmp_path / "ref" / "scenario_pnl")))
+
+
 def test_a_multiplier_past_minus_100_percent_names_scenario_underlying_and_multiplier(two_stock_book, tmp_path):
     """s1 shocks A by -10%: x20 is -200%. The error names all three and leaves no OUT.partial behind."""
     res = replay(two_stock_book, tmp_path / "r", "--multipliers", "1,20")
