@@ -29,7 +29,8 @@ from ._main import command
 # Cells that mean "no value" in a CSV (FRED-style files write "." on holidays).
 MISSING_MARKERS = frozenset({"", ".", "na", "n/a", "nan", "null", "none", "#n/a"})
 
-OUTPUT_COLUMNS = ("scenario_id", "underlying", "price_shock", "vol_shock", "weight", "label", "date", "proxy", "note")
+OUTPUT_COLUMNS = ("scenario_id", "underlying", "price_shock", "vol_shock", "vol_shock_mode", "weight", "label", "date",
+                  "proxy", "note")
 
 _WORST = re.compile(r"^worst:(\d+)(?:@(.+))?$", re.IGNORECASE)
 _MAX_NAMES = 8  # peer names listed in a proxy note; more are counted
@@ -470,6 +471,7 @@ def scenarios_from_history(prices: pd.DataFrame, dates: str | Sequence, horizon:
         "underlying": und_l,
         "price_shock": price.ravel().astype(np.float64),
         "vol_shock": vol.ravel().astype(np.float64),
+        "vol_shock_mode": "relative",  # iv[d] / iv[d - h] - 1: a replay checks its methodology agrees
         "weight": np.ones(n * k),
         "label": np.repeat(labels, k),
         "date": np.repeat(np.asarray([d.date() for d in days], dtype=object), k),

@@ -852,7 +852,8 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
         from ._scenarios import joint_table  # noqa: PLC0415
 
         # resolve once on the host: a bad selector fails here, before any work (no OUT.partial left behind)
-        _, scenarios_index = joint_table(scenarios, market_in.frame, job.multipliers, source=str(job.scenarios))
+        _, scenarios_index = joint_table(scenarios, market_in.frame, job.multipliers, source=str(job.scenarios),
+                                         vol_mode=meth.defaults.vol_shock_mode)
 
     t0 = time.perf_counter()
     # every file read (an input given as a directory: each of its files)

@@ -155,6 +155,11 @@ def check_scenarios(df: pd.DataFrame, path: str | Path = "scenarios") -> pd.Data
                 f"{path}: row {i}: column {col!r} must be a finite number (got {df[col].iloc[i]!r}); fix the value"
             )
         df[col] = num.astype(np.float64)
+    if "vol_shock_mode" in df.columns:  # what the vol shocks are, when the file says (from-history does)
+        modes = set(df["vol_shock_mode"].astype(str))
+        if not modes <= {"relative", "absolute"} or len(modes) > 1:
+            raise InputFileError(f"{path}: column 'vol_shock_mode' must be one of 'relative', 'absolute' on every "
+                                 f"row (got {sorted(modes)}); fix the values")
     bad = df["price_shock"] <= -1.0
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -174,6 +179,12 @@ def joint_table(scen: pd.DataFrame, market: pd.DataFrame, multipliers=(1.0,), *,
     is unshocked. Returns the table (columns = scenario × multiplier, scenario
     major) and a frame ``scenario_id, multiplier, weight, label`` per column.
     """
+    if "vol_shock_mode" in scen.columns and len(scen):
+        said = str(scen["vol_shock_mode"].iloc[0])
+        if said != vol_mode:
+            raise InputFileError(f"{source}: its vol shocks are {said} changes (column vol_shock_mode) but the "
+                                 f"methodology applies vol shocks as {vol_mode}; set vol_shock_mode = \"{said}\" in "
+                                 "the methodology, or give shocks of that kind")
     mk = market.sort_values("underlying", kind="stable")
     und = mk["underlying"].to_numpy(dtype=object)
     groups = mk["product_group"].astype(str).to_numpy(dtype=object)

@@ -51,8 +51,8 @@ def row(out: pd.DataFrame, sid, u: str) -> pd.Series:
 def test_one_day_returns_and_format():
     p = synth_prices()
     out = scenarios_from_history(p, [DAYS[3], DAYS[8]], 1)
-    assert list(out.columns) == ["scenario_id", "underlying", "price_shock", "vol_shock", "weight", "label", "date",
-                                 "proxy", "note"]
+    assert list(out.columns) == ["scenario_id", "underlying", "price_shock", "vol_shock", "vol_shock_mode", "weight",
+                                 "label", "date", "proxy", "note"]
     assert len(out) == 2 * 4 and not out["proxy"].any()
     for d, prev in ((DAYS[3], DAYS[2]), (DAYS[8], DAYS[7])):
         for u in ("AAA", "IDX"):
@@ -318,3 +318,22 @@ def test_real_multi_day_and_worst(tmp_path, capsys):
     mk = pd.read_csv(market)
     table, index = joint_table(scen, mk)
     assert table.price_move.shape == (3, 4) and list(index["label"])[0] == "2008-10-15 1d (SPX worst #1)"
+
+
+def test_from_history_vol_shocks_say_they_are_relative_and_an_absolute_methodology_is_refused():
+    """iv[d] / iv[d-h] - 1 is a relative change: the file says so (vol_shock_mode), and a replay under a
+    methodology that applies vol shocks as absolute stops with one line instead of adding +116% as 116 vol
+    points."""
+    from gpu_margin._scenarios import check_scenarios
+
+    out = scenarios_from_history(synth_prices(), [DAYS[4]], 1, groups=GROUPS)
+    assert set(out["vol_shock_mode"]) == {"relative"}
+    market = pd.DataFrame({"underlying": ["AAA", "IDX"], "spot": [100.0, 3000.0], "vol": [0.3, 0.2],
+                           "dividend_yield": [0.0, 0.0], "product_group": ["equity", "index"]})
+    scen = check_scenarios(out.loc[out["underlying"].isin(["AAA", "IDX"])], "s.parquet")
+    table, _ = joint_table(scen, market)  # relative, the default
+    assert table.vol_mode == "relative"
+    with pytest.raises(InputFileError, match=r"^s\.parquet: its vol shocks are relative changes .* as absolute"):
+        joint_table(scen, market, source="s.parquet", vol_mode="absolute")
+    with pytest.raises(InputFileError, match="vol_shock_mode"):
+        check_scenarios(scen.assign(vol_shock_mode="points"), "s.parquet")
