@@ -14,6 +14,7 @@ present underlyings when none of its group is present; such rows are flagged
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import tempfile
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ._exceptions import InputFileError, JobError
 from ._main import command
@@ -481,8 +484,14 @@ def scenarios_from_history(prices: pd.DataFrame, dates: str | Sequence, horizon:
     return out
 
 
-def write_scenarios(frame: pd.DataFrame, out: str | os.PathLike[str], *, force: bool = False) -> Path:
-    """Write a scenario frame as Parquet (``.parquet``/``.pq``) or CSV (``.csv``), atomically."""
+#: Parquet key of the scenario file's provenance (JSON): the command, its arguments, its input files' sha256.
+PROVENANCE_KEY = b"gpu_margin.provenance"
+
+
+def write_scenarios(frame: pd.DataFrame, out: str | os.PathLike[str], *, force: bool = False,
+                    provenance: dict | None = None) -> Path:
+    """Write a scenario frame as Parquet (``.parquet``/``.pq``) or CSV (``.csv``), atomically; ``provenance``
+    goes into a Parquet file's metadata (a replay copies it into its manifest)."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".pq", ".csv"):
@@ -498,7 +507,12 @@ def write_scenarios(frame: pd.DataFrame, out: str | os.PathLike[str], *, force: 
         if suffix == ".csv":
             frame.to_csv(tmp, index=False)
         else:
-            frame.to_parquet(tmp, index=False)
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if provenance is not None:
+                meta = dict(table.schema.metadata or {})
+                meta[PROVENANCE_KEY] = json.dumps(provenance, sort_keys=True).encode()
+                table = table.replace_schema_metadata(meta)
+            pq.write_table(table, tmp)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -554,7 +568,17 @@ def _from_history(args: argparse.Namespace) -> int:
     vols = read_vols(args.vols, vols_for) if args.vols else None
     groups = read_groups(args.market) if args.market else None
     frame = scenarios_from_history(prices, args.dates, h, groups=groups, vols=vols, source=str(args.prices))
-    write_scenarios(frame, out, force=args.force)
+    from . import __version__  # noqa: PLC0415
+    from ._outputs import sha256_file  # noqa: PLC0415
+
+    files = {k: v for k, v in (("prices", args.prices), ("vols", args.vols), ("market", args.market)) if v}
+    provenance = {
+        "command": "gpu-margin scenarios from-history", "gpu_margin": __version__,
+        "arguments": {"dates": args.dates, "horizon": h, "vols_for": vols_for},
+        "inputs": {k: {"path": str(v), "sha256": sha256_file(Path(v)) if Path(v).is_file() else None}
+                   for k, v in files.items()},
+    }
+    write_scenarios(frame, out, force=args.force, provenance=provenance)
     n_s = frame["scenario_id"].nunique()
     n_u = frame["underlying"].nunique()
     print(f"wrote {out}: {n_s} scenario(s) x {n_u} underlying(s), horizon {h}d, "

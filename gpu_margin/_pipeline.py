@@ -743,6 +743,21 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _scenario_provenance(path: Path | None) -> dict[str, Any] | None:
+    """Where a replay's scenarios came from, as the scenario file records it (``gpu-margin scenarios
+    from-history`` writes the command, its arguments and its inputs' sha256 into a Parquet file): a
+    scenario_pnl row traces back to the market history behind it. ``None`` when the file says nothing."""
+    from ._history import PROVENANCE_KEY  # noqa: PLC0415
+
+    if path is None or Path(path).suffix.lower() == ".csv" or not Path(path).is_file():
+        return None
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta[PROVENANCE_KEY]) if PROVENANCE_KEY in meta else None
+    except (OSError, ValueError, pa.ArrowException):  # read already; a bad record is no provenance
+        return None
+
+
 def _positions_notes(plan: Plan, summaries: list[dict[str, Any]], job: Job) -> list[str]:
     """Manifest notes on the positions: extra columns the run does not use (SPEC 3: ignored with a note), and
     accounts of the positions that have no row in the accounts file (margined on a cash of 0 as portfolio
@@ -967,6 +982,7 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
         "inputs": {k: {"sha256": v} for k, v in inputs.items()},
         "input_files_rows": {str(f.path): r for f, r in zip(plan.files, plan.rows_per_file)},
         "notes": list(market_in.notes) + list(accounts_in.notes) + _positions_notes(plan, summaries, job),
+        "scenarios_provenance": _scenario_provenance(job.scenarios),
         "device": backend.description,
         "scheduler": job.scheduler,
         "partitions": {"count": len(plan.partitions), "how": plan.how, "cash_only_part": bool(len(cash_only)),

@@ -205,6 +205,19 @@ def test_cli_writes_a_file_the_engine_reads(tmp_path, capsys, ext):
                "--horizon", "1", "--market", str(market), "--out", str(out)])
     assert rc == 0 and out.exists()
     assert "3 scenario(s) x 5 underlying(s)" in capsys.readouterr().out
+    from gpu_margin._pipeline import _scenario_provenance
+
+    prov = _scenario_provenance(out)  # what a replay's manifest records of the file
+    if ext == "csv":
+        assert prov is None
+    else:
+        import hashlib
+
+        assert prov["command"] == "gpu-margin scenarios from-history"
+        assert prov["arguments"] == {"dates": f"{DAYS[5]:%Y-%m-%d},worst:2@IDX", "horizon": 1, "vols_for": None}
+        assert prov["inputs"]["prices"] == {"path": str(prices),
+                                            "sha256": hashlib.sha256(prices.read_bytes()).hexdigest()}
+        assert prov["inputs"]["market"]["sha256"] == hashlib.sha256(market.read_bytes()).hexdigest()
     scen = read_scenario_file(out)
     expect = scenarios_from_history(synth_prices(), f"{DAYS[5]:%Y-%m-%d},worst:2@IDX", 1, groups=GROUPS)
     np.testing.assert_array_equal(scen["price_shock"].to_numpy(), expect["price_shock"].to_numpy())

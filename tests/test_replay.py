@@ -59,6 +59,9 @@ def expected_pnl(scenario, mult):
 def test_replay_matches_independent_per_position_calculation(two_stock_book, tmp_path):
     res = replay(two_stock_book, tmp_path / "r", "--multipliers", "1,2,5")
     assert res.returncode == 0, res.stderr
+    import json
+
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["scenarios_provenance"] is None  # a CSV
     spnl = pd.read_parquet(tmp_path / "r" / "scenario_pnl")
     assert len(spnl) == 2 * 2 * 3
     for r in spnl.itertuples():
