@@ -387,6 +387,9 @@ def scenarios_from_history(prices: pd.DataFrame, dates: str | Sequence, horizon:
     n, k = days.size, universe.size
     if k == 0:
         raise JobError(f"{source}: no underlyings to build scenarios for; check the prices and market files")
+    if grp is not None and not prices["underlying"].isin(universe).any():
+        raise JobError(f"{source}: none of the market's underlyings ({_names(list(universe))}) has a history here; "
+                       "give PRICES that hold at least one of them")
 
     ret = history_returns(prices.loc[prices["underlying"].isin(universe)], h, vols)
     ret = ret.loc[ret["date"].isin(days)]
@@ -565,6 +568,11 @@ def _from_history(args: argparse.Namespace) -> int:
     vols_for = [s.strip() for s in args.vols_for.split(",") if s.strip()] if args.vols_for else None
     if vols_for and not args.vols:
         raise JobError("--vols-for needs --vols FILE (a date, vix table); add --vols or drop --vols-for")
+    if vols_for:
+        unknown = [u for u in vols_for if u not in set(prices["underlying"])]
+        if unknown:
+            raise JobError(f"--vols-for: {_names(unknown)} not in {args.prices} (its underlyings: "
+                           f"{_names(sorted(set(prices['underlying'])))}); check the names")
     vols = read_vols(args.vols, vols_for) if args.vols else None
     groups = read_groups(args.market) if args.market else None
     frame = scenarios_from_history(prices, args.dates, h, groups=groups, vols=vols, source=str(args.prices))

@@ -274,6 +274,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     market.write_text("underlying,spot\nAAA,1\n")
     assert "'product_group'" in run(good, "--dates", d5, "--market", str(market))
     assert "--vols-for" in run(good, "--dates", d5, "--vols-for", "AAA")
+    vix = tmp_path / "vix.csv"
+    vix.write_text("date,vix\n" + "".join(f"{d:%Y-%m-%d},{20 + i}\n" for i, d in enumerate(DAYS)))
+    err = run(good, "--dates", d5, "--vols", str(vix), "--vols-for", "AAA,SPXX")  # a typo: not a vol-less run
+    assert "--vols-for: SPXX not in" in err and "check the names" in err
+    other = tmp_path / "other_market.csv"
+    other.write_text("underlying,product_group\nNDX,index\nRUT,index\n")
+    err = run(good, "--dates", d5, "--market", str(other))
+    assert "none of the market's underlyings (NDX, RUT) has a history" in err
     assert ".parquet or .csv" in _cli_error(capsys, ["scenarios", "from-history", str(good), "--dates", d5,
                                                      "--out", str(tmp_path / "s.txt")])
     assert not (tmp_path / "s.parquet").exists()
