@@ -863,12 +863,19 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
     log.info("partitions: %s", plan.how)
     timings["plan"] = time.perf_counter() - t0
     scenarios_index = None
+    scenario_notes: list[str] = []
     if scenarios is not None:
-        from ._scenarios import joint_table  # noqa: PLC0415
+        from ._scenarios import joint_table, unshocked_underlyings  # noqa: PLC0415
 
         # resolve once on the host: a bad selector fails here, before any work (no OUT.partial left behind)
         _, scenarios_index = joint_table(scenarios, market_in.frame, job.multipliers, source=str(job.scenarios),
                                          vol_mode=meth.defaults.vol_shock_mode)
+        unshocked = unshocked_underlyings(scenarios, market_in.frame)
+        if unshocked:
+            shown = ", ".join(unshocked[:10]) + (f" and {len(unshocked) - 10} more" if len(unshocked) > 10 else "")
+            scenario_notes.append(f"scenarios: {len(unshocked)} underlying(s) of the market are named by no row of "
+                                  f"{job.scenarios} (not by name, group: or *) and stay unshocked: {shown}")
+            log.info("%s", scenario_notes[-1])
 
     t0 = time.perf_counter()
     # every file read (an input given as a directory: each of its files)
@@ -981,7 +988,8 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
         "methodology": meth.as_dict(),
         "inputs": {k: {"sha256": v} for k, v in inputs.items()},
         "input_files_rows": {str(f.path): r for f, r in zip(plan.files, plan.rows_per_file)},
-        "notes": list(market_in.notes) + list(accounts_in.notes) + _positions_notes(plan, summaries, job),
+        "notes": list(market_in.notes) + list(accounts_in.notes) + _positions_notes(plan, summaries, job)
+        + scenario_notes,
         "scenarios_provenance": _scenario_provenance(job.scenarios),
         "device": backend.description,
         "scheduler": job.scheduler,

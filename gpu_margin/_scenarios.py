@@ -170,6 +170,18 @@ def check_scenarios(df: pd.DataFrame, path: str | Path = "scenarios") -> pd.Data
     return df
 
 
+def unshocked_underlyings(scen: pd.DataFrame, market: pd.DataFrame) -> list[str]:
+    """The market's underlyings no row of ``scen`` names, by name, ``group:`` or ``*``: every scenario leaves
+    them unshocked (SPEC 5.2), which a replay's manifest says rather than let pass unseen."""
+    sel = set(scen["underlying"].astype(str))
+    if "*" in sel:
+        return []
+    groups = {s[6:] for s in sel if s.startswith("group:")}
+    und = market["underlying"].astype(str).to_numpy(dtype=object)
+    grp = market["product_group"].astype(str).to_numpy(dtype=object)
+    return sorted(u for u, g in zip(und, grp) if u not in sel and g not in groups)
+
+
 def joint_table(scen: pd.DataFrame, market: pd.DataFrame, multipliers=(1.0,), *, source: str = "scenarios",
                 vol_mode: str = "relative") -> tuple[ScenarioTable, pd.DataFrame]:
     """Per-underlying table of joint scenarios × multipliers, and the scenario index frame.

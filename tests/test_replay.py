@@ -125,6 +125,21 @@ def test_multipliers_must_be_positive_and_finite(two_stock_book, tmp_path, multi
     assert res.returncode == 2 and "multipliers" in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
+def test_underlyings_no_scenario_names_are_noted_in_the_manifest(two_stock_book, tmp_path):
+    import json
+
+    pd.DataFrame({"scenario_id": ["s1"], "underlying": ["A"], "price_shock": [-0.1]}).to_csv(
+        two_stock_book / "only_a.csv", index=False)
+    res = replay(two_stock_book, tmp_path / "r", scen="only_a.csv")
+    assert res.returncode == 0, res.stderr
+    notes = json.loads((tmp_path / "r" / "manifest.json").read_text())["notes"]
+    assert any(n.startswith("scenarios: 1 underlying(s) of the market are named by no row") and n.endswith(": B")
+               for n in notes), notes
+    res = replay(two_stock_book, tmp_path / "star")  # scen.csv has a '*' row: nothing to note
+    notes = json.loads((tmp_path / "star" / "manifest.json").read_text())["notes"]
+    assert not any(n.startswith("scenarios:") for n in notes)
+
+
 def test_scenario_pnl_has_every_reported_account(two_stock_book, tmp_path):
     """A cash-only account and one whose only position is rejected are in the accounts table, so they are in
     scenario_pnl too, with P/L 0 under every scenario; the others' rows are unchanged."""
