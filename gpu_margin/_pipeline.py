@@ -451,7 +451,7 @@ class Context:
     job: Job
     files: list[Any]
     market: pd.DataFrame
-    accounts_key: str  # sha256 of the accounts file ("" for none): see accounts_table
+    accounts_key: str  # digest of the accounts files' paths and digests: see accounts_table
     scenarios: pd.DataFrame | None
     work: Path
     device: str
@@ -764,7 +764,7 @@ def _positions_notes(plan: Plan, summaries: list[dict[str, Any]], job: Job) -> l
     accounts: an id spelled differently in the two files shows here)."""
     from ._schema import POSITION_COLUMNS, POSITIONS_RESERVED  # noqa: PLC0415
 
-    known = {c.name for c in POSITION_COLUMNS} | set(POSITIONS_RESERVED)
+    known = {c.name for c in POSITION_COLUMNS} | set(POSITIONS_RESERVED) | {"__index_level_0__"}  # pandas' index
     extras: list[str] = []
     for f in plan.files:
         hive = {k for k, _ in f.partition}
@@ -789,7 +789,9 @@ def _check_out(job: Job) -> None:
     here = out.resolve()
     inputs = [("positions", job.positions), ("market", job.market), ("accounts", job.accounts),
               ("scenarios", job.scenarios), ("job file", job.path)]
-    if job.methodology and Path(job.methodology).suffix == ".toml":
+    from ._methodology import PRESETS  # noqa: PLC0415
+
+    if job.methodology not in PRESETS:  # a methodology file, whatever its name
         inputs.append(("methodology", Path(job.methodology)))
     for what, path in inputs:
         if path is None:
@@ -901,7 +903,10 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
     work.mkdir(parents=True, exist_ok=True)
     fp_file.write_text(fingerprint)
 
-    accounts_key = inputs.get(str(job.accounts), "") if job.accounts else ""
+    # the accounts' identity: every file read for them (a directory is several) by path and digest; a cache
+    # key of a long-lived worker, which must never hand one run another run's accounts
+    accounts_key = hashlib.sha256(json.dumps(sorted((str(f.path), inputs[str(f.path)]) for f in accounts_in.files))
+                                  .encode()).hexdigest() if accounts_in.files else "no accounts file"
     remember_accounts(accounts_key, accounts_in.frame)
     ctx = Context(job, plan.files, market_in.frame, accounts_key, scenarios, work, job.device, plan.duplicates)
     import dask.dataframe as dd  # noqa: PLC0415

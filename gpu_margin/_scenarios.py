@@ -156,7 +156,7 @@ def check_scenarios(df: pd.DataFrame, path: str | Path = "scenarios") -> pd.Data
             )
         df[col] = num.astype(np.float64)
     if "vol_shock_mode" in df.columns:  # what the vol shocks are, when the file says (from-history does)
-        modes = set(df["vol_shock_mode"].astype(str))
+        modes = set(df["vol_shock_mode"].fillna("(missing)").astype(str))
         if not modes <= {"relative", "absolute"} or len(modes) > 1:
             raise InputFileError(f"{path}: column 'vol_shock_mode' must be one of 'relative', 'absolute' on every "
                                  f"row (got {sorted(modes)}); fix the values")

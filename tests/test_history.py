@@ -358,3 +358,7 @@ def test_from_history_vol_shocks_say_they_are_relative_and_an_absolute_methodolo
         joint_table(scen, market, source="s.parquet", vol_mode="absolute")
     with pytest.raises(InputFileError, match="vol_shock_mode"):
         check_scenarios(scen.assign(vol_shock_mode="points"), "s.parquet")
+    gap = scen.astype({"vol_shock_mode": object})
+    gap.loc[gap.index[0], "vol_shock_mode"] = None  # an empty cell of a CSV
+    with pytest.raises(InputFileError, match=r"vol_shock_mode.*\(missing\)"):
+        check_scenarios(gap, "s.csv")

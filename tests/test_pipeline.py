@@ -193,7 +193,9 @@ def test_manifest_notes_extra_position_columns_and_accounts_missing_from_the_acc
     spelled differently in the two files, say) is counted in a note rather than passing unseen."""
     pos = pd.concat([pd.read_parquet(f) for f in sorted((book_dir / "positions").glob("*.parquet"))])
     (tmp_path / "positions").mkdir()
-    pos.assign(desk="equities").to_parquet(tmp_path / "positions" / "p.parquet")
+    pos = pos.assign(desk="equities").set_axis(np.arange(len(pos)) * 2)  # not a range: pandas stores it
+    pos.to_parquet(tmp_path / "positions" / "p.parquet")
+    assert "__index_level_0__" in pq.read_schema(tmp_path / "positions" / "p.parquet").names
     shutil.copy(book_dir / "market.parquet", tmp_path / "market.parquet")
     shutil.copy(book_dir / "job.toml", tmp_path / "job.toml")
     acc = pd.read_parquet(book_dir / "accounts.parquet")
@@ -511,6 +513,36 @@ def test_market_and_accounts_given_as_directories(book_dir, tmp_path):
     for name in ("market", "accounts"):
         f = d / name / "part-0.parquet"
         assert inputs[str(f)]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_accounts_directories_have_their_own_cache_keys(book_dir, tmp_path, monkeypatch):
+    """A long-lived worker caches the accounts by key: two accounts directories (and no accounts file) must
+    have different keys, or one run is margined on another's cash."""
+    from gpu_margin import _pipeline
+
+    keys = []
+    real = _pipeline.remember_accounts
+    monkeypatch.setattr(_pipeline, "remember_accounts", lambda key, frame: keys.append(key) or real(key, frame))
+    acc = pd.read_parquet(book_dir / "accounts.parquet")
+    for i, cash in enumerate((1e9, -1e6)):
+        d = tmp_path / f"b{i}"
+        shutil.copytree(book_dir / "positions", d / "positions")
+        shutil.copy(book_dir / "market.parquet", d / "market.parquet")
+        (d / "accounts").mkdir()
+        acc.assign(cash=cash).to_parquet(d / "accounts" / "part-0.parquet")
+        (d / "job.toml").write_text((book_dir / "job.toml").read_text().replace("accounts.parquet", "accounts"))
+        run(d, d / "out")
+    (tmp_path / "b2").mkdir()
+    for name in ("positions", "market.parquet"):
+        (shutil.copytree if name == "positions" else shutil.copy)(book_dir / name, tmp_path / "b2" / name)
+    (tmp_path / "b2" / "job.toml").write_text(
+        "\n".join(line for line in (book_dir / "job.toml").read_text().splitlines() if "accounts" not in line))
+    job = load_job(tmp_path / "b2" / "job.toml").with_overrides(out=tmp_path / "b2" / "out")
+    for i in (0, 1):
+        _pipeline.run_job(load_job(tmp_path / f"b{i}" / "job.toml").with_overrides(out=tmp_path / f"o{i}"),
+                          progress=False)
+    _pipeline.run_job(job, progress=False)
+    assert len(set(keys[-3:])) == 3 and "" not in keys, keys
 
 
 def test_a_second_run_on_the_same_out_stops_while_the_first_holds_it(book_dir, tmp_path):
