@@ -569,10 +569,11 @@ def _from_history(args: argparse.Namespace) -> int:
     if vols_for and not args.vols:
         raise JobError("--vols-for needs --vols FILE (a date, vix table); add --vols or drop --vols-for")
     if vols_for:
-        unknown = [u for u in vols_for if u not in set(prices["underlying"])]
+        held = set(prices["underlying"])
+        unknown = [u for u in vols_for if u not in held]
         if unknown:
             raise JobError(f"--vols-for: {_names(unknown)} not in {args.prices} (its underlyings: "
-                           f"{_names(sorted(set(prices['underlying'])))}); check the names")
+                           f"{_names(sorted(held))}); check the names")
     vols = read_vols(args.vols, vols_for) if args.vols else None
     groups = read_groups(args.market) if args.market else None
     frame = scenarios_from_history(prices, args.dates, h, groups=groups, vols=vols, source=str(args.prices))

@@ -37,6 +37,13 @@ class Job:
     due_days: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def methodology_file(self) -> Path | None:
+        """The methodology TOML this job reads (``None`` for a preset)."""
+        from ._methodology import PRESETS  # noqa: PLC0415
+
+        return None if self.methodology in PRESETS else Path(self.methodology)
+
     def with_overrides(self, **kw: Any) -> "Job":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 

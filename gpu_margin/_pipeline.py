@@ -773,7 +773,7 @@ def _positions_notes(plan: Plan, summaries: list[dict[str, Any]], job: Job) -> l
         if extras else []
     if job.accounts and all("accounts_in_file" in s for s in summaries):
         parts = [s for s in summaries if s["rows_in"] or s["counts"].get("accounts")]
-        missing = sum(s["counts"].get("accounts", 0) - s.get("accounts_in_file", 0) for s in parts)
+        missing = sum(s["counts"].get("accounts", 0) - s["accounts_in_file"] for s in parts)
         if missing > 0:
             notes.append(f"accounts: {missing} account(s) of the positions have no row in {job.accounts}; "
                          "margined on a cash of 0 as portfolio accounts")
@@ -788,11 +788,7 @@ def _check_out(job: Job) -> None:
         raise JobError(f"{out}: exists and is not a directory; choose another --out")
     here = out.resolve()
     inputs = [("positions", job.positions), ("market", job.market), ("accounts", job.accounts),
-              ("scenarios", job.scenarios), ("job file", job.path)]
-    from ._methodology import PRESETS  # noqa: PLC0415
-
-    if job.methodology not in PRESETS:  # a methodology file, whatever its name
-        inputs.append(("methodology", Path(job.methodology)))
+              ("scenarios", job.scenarios), ("job file", job.path), ("methodology", job.methodology_file)]
     for what, path in inputs:
         if path is None:
             continue
@@ -841,7 +837,7 @@ def run_job(job: Job, *, force: bool = False, resume: bool = False, n_partitions
 
 def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, progress: bool | None) -> RunResult:
     from ._backend import select_backend  # noqa: PLC0415
-    from ._io import InputFile, list_input_files, read_accounts, read_market  # noqa: PLC0415
+    from ._io import list_input_files, read_accounts, read_market  # noqa: PLC0415
     from ._methodology import load_methodology  # noqa: PLC0415
     from ._scenarios import read_scenario_file  # noqa: PLC0415
 
@@ -884,14 +880,10 @@ def _run_job(job: Job, *, force: bool, resume: bool, n_partitions: int | None, p
     read = [*plan.files, *market_in.files, *accounts_in.files]
     inputs = {str(f.path): sha256_file(f.path) for f in read}
     if job.scenarios:
-        sc = Path(job.scenarios)
-        inputs.update({str(f.path): sha256_file(f.path) for f in (list_input_files(sc) if sc.is_dir() else
-                                                                  [InputFile(sc, sc.name)])})
+        inputs.update({str(f.path): sha256_file(f.path) for f in list_input_files(job.scenarios)})
     timings["hash_inputs"] = time.perf_counter() - t0
-    from ._methodology import PRESETS  # noqa: PLC0415
-
-    if job.methodology not in PRESETS:  # a methodology file: its bytes too
-        inputs[str(job.methodology)] = sha256_file(Path(job.methodology))
+    if job.methodology_file:  # its bytes too
+        inputs[str(job.methodology_file)] = sha256_file(job.methodology_file)
     fingerprint = _fingerprint(job, inputs, plan, meth)
 
     work = out.with_name(out.name + ".partial")

@@ -109,8 +109,9 @@ def grid_table(market: pd.DataFrame, meth: Methodology, *, wide: bool = False) -
         coverage[rows, :w] = cv
         valid[rows, :w] = True
         labels[rows, :w] = lb
-    # one mode for the table when the groups agree (or there are none), else each underlying's own
-    vol_mode = (modes.pop() if modes else meth.defaults.vol_shock_mode) if len(modes) <= 1 else row_mode
+    # one mode for the table when the groups agree (the methodology's own when there are none), else each
+    # underlying's own
+    vol_mode = row_mode if len(modes) > 1 else next(iter(modes), meth.defaults.vol_shock_mode)
     return ScenarioTable(und, price_move, vol_shock, coverage, valid, labels, vol_mode)
 
 
