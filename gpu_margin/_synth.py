@@ -627,7 +627,7 @@ def _tables(
     asof_d = np.datetime64(ASOF, "D")
     exp_safe = np.maximum(exp, 0)
     fut_exp = fut_expiries[np.minimum(exp_safe, len(fut_expiries) - 1)]
-    expiry = np.where(is_opt, expiries[exp_safe], np.where(is_fut, fut_exp, np.datetime64("NaT")))
+    expiry = np.where(is_opt, expiries[exp_safe], np.where(is_fut, fut_exp, np.datetime64("NaT", "D")))
     dated = is_opt | is_fut
     t = np.where(dated, (np.where(dated, expiry, asof_d) - asof_d).astype(np.int64) / DAYS_PER_YEAR, 0.0)
     spot = u.spot[und]

@@ -468,7 +468,9 @@ def validate_positions(
     nan = np.float64(np.nan)
     mult_default = np.where(is_opt, DEFAULT_OPTION_MULTIPLIER, DEFAULT_STOCK_MULTIPLIER)
     expiry_ns = pos["expiry"].to_numpy()
-    expiry_ns = np.where(dated & has_expiry & ok, expiry_ns, np.datetime64("NaT")).astype("datetime64[ns]")
+    # NaT in the column's own unit (a generic NaT is deprecated in NumPy 2.5; one in ns would overflow a far date)
+    nat = np.array("NaT", dtype=expiry_ns.dtype) if expiry_ns.dtype.kind == "M" else np.datetime64("NaT", "ns")
+    expiry_ns = np.where(dated & has_expiry & ok, expiry_ns, nat).astype("datetime64[ns]")
     # a valid option's right and style are in RIGHTS and STYLES (checked): rebuilt from their codes
     build: dict[str, Any] = {  # each column made only when asked for
         "source": lambda: take_s(pos["source"]),
