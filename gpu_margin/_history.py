@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import tempfile
@@ -88,6 +89,7 @@ def _as_number(s: pd.Series, col: str, path: Path, *, positive: bool) -> pd.Seri
         missing = text.str.lower().isin(MISSING_MARKERS)
         num = pd.to_numeric(text.where(~missing, None), errors="coerce").astype(np.float64)
         bad = num.isna() & ~missing
+        num = _correctly_rounded(num, text)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise InputFileError(f"{path}: {_where(path, i)}: column {col!r} must be a number (got {s.iloc[i]!r}); "
@@ -99,6 +101,21 @@ def _as_number(s: pd.Series, col: str, path: Path, *, positive: bool) -> pd.Seri
         raise InputFileError(f"{path}: {_where(path, i)}: column {col!r} must be a finite number > 0 "
                              f"(got {arr[i]!r}); fix the value")
     return num
+
+
+def _correctly_rounded(num: pd.Series, text: pd.Series) -> pd.Series:
+    """``num`` (``pd.to_numeric`` of ``text``) with every value it parsed read again by NumPy, which rounds
+    a decimal string to the nearest double as Python's ``float`` does: pandas before 3.1 can be one unit in
+    the last place off, and a CSV must give the same shocks as the Parquet file it was written from."""
+    ok = num.notna().to_numpy()
+    if not ok.any():
+        return num
+    values = num.to_numpy(dtype=np.float64, copy=True)
+    try:
+        values[ok] = np.asarray(text.to_numpy(dtype=object)[ok], dtype=np.float64)
+    except ValueError:  # a form only pandas reads: keep its values
+        return num
+    return pd.Series(values, index=num.index)
 
 
 def _as_dates(s: pd.Series, path: Path) -> pd.Series:
@@ -360,6 +377,18 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(names)
 
 
+def _exact_means(values: np.ndarray) -> np.ndarray:
+    """Each row's mean of its non-NaN values (NaN where it has none), the sum exactly rounded (``math.fsum``):
+    the same bits whatever the order of the columns and the NumPy or pandas version, so a scenario file is
+    reproducible from its inputs anywhere (a pairwise sum's last bit depends on both)."""
+    out = np.full(values.shape[0], np.nan)
+    for i, row in enumerate(values):
+        v = row[~np.isnan(row)]
+        if v.size:
+            out[i] = math.fsum(v.tolist()) / v.size
+    return out
+
+
 def scenarios_from_history(prices: pd.DataFrame, dates: str | Sequence, horizon: int = 1, *,
                            groups: pd.Series | pd.DataFrame | Mapping | None = None,
                            vols: pd.DataFrame | None = None, source: str = "prices") -> pd.DataFrame:
@@ -418,13 +447,17 @@ def scenarios_from_history(prices: pd.DataFrame, dates: str | Sequence, horizon:
     def group_fill(frame: pd.DataFrame) -> np.ndarray:
         out = np.full((n, k), np.nan)
         if has_group.any():
-            gm = frame.T.groupby(col_group.to_numpy(), dropna=True).mean()  # groups x dates, NaN skipped
-            out[:, has_group] = gm.reindex(col_group[has_group].to_numpy()).to_numpy().T
+            values = frame.to_numpy(dtype=np.float64)
+            cols = np.flatnonzero(has_group)
+            codes = pd.factorize(col_group.to_numpy()[cols])[0]
+            for c in range(int(codes.max()) + 1):
+                members = cols[codes == c]
+                out[:, members] = _exact_means(values[:, members])[:, None]
         return out
 
     g_price, g_vol = group_fill(R), group_fill(V)
-    all_price = R.mean(axis=1).to_numpy()[:, None]
-    all_vol = V.mean(axis=1).to_numpy()[:, None]
+    all_price = _exact_means(R.to_numpy(dtype=np.float64))[:, None]
+    all_vol = _exact_means(V.to_numpy(dtype=np.float64))[:, None]
     own = present.to_numpy()
     use_group = ~own & ~np.isnan(g_price)
     price = np.where(own, R.to_numpy(), np.where(use_group, g_price, all_price))

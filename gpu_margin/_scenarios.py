@@ -40,6 +40,13 @@ class ScenarioTable:
 MAX_DOWN = 0.99
 
 
+
+#: Each CSV number the nearest double to its text, so a CSV replays as the Parquet file it was written
+#: from: pandas' default parser before 3.1 can be a unit in the last place off (3.1 is exact by default
+#: and deprecates the option).
+_EXACT_CSV = {"float_precision": "round_trip"} if tuple(map(int, pd.__version__.split(".")[:2])) < (3, 1) else {}
+
+
 def group_points(p: GroupParams, down: np.ndarray, up: np.ndarray):
     """Grid scenarios of one product group for underlyings with ranges ``down``/``up`` ``(k,)``.
 
@@ -123,7 +130,7 @@ def read_scenario_file(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     try:
         if path.suffix.lower() == ".csv":
-            df = pd.read_csv(path, dtype={"scenario_id": str, "underlying": str, "label": str})
+            df = pd.read_csv(path, dtype={"scenario_id": str, "underlying": str, "label": str}, **_EXACT_CSV)
         else:
             df = pd.read_parquet(path)
     except FileNotFoundError:

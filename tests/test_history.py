@@ -362,3 +362,29 @@ def test_from_history_vol_shocks_say_they_are_relative_and_an_absolute_methodolo
     gap.loc[gap.index[0], "vol_shock_mode"] = None  # an empty cell of a CSV
     with pytest.raises(InputFileError, match=r"vol_shock_mode.*\(missing\)"):
         check_scenarios(gap, "s.csv")
+
+
+def test_proxy_means_are_exactly_rounded_whatever_the_column_order():
+    """A proxy is the exactly rounded mean of its peers, so a scenario file has the same bits on any
+    platform and in any column order (a left-to-right or pairwise sum's last bit depends on both)."""
+    import math
+
+    from gpu_margin._history import _exact_means
+
+    rows = np.array([[0.1, 0.2, 0.3, np.nan], [0.3, 0.2, np.nan, 0.1], [np.nan] * 4])
+    assert np.nanmean(rows[0]) != np.nanmean(rows[1])  # the order shows in a plain mean
+    got = _exact_means(rows)
+    assert got[0] == got[1] == math.fsum([0.1, 0.2, 0.3]) / 3
+    assert np.isnan(got[2])
+
+
+def test_csv_numbers_are_the_nearest_double_to_their_text(tmp_path):
+    """Closes read from a CSV are what Python's float makes of the text (pandas' parser before 3.1 could be
+    one unit in the last place off, so a CSV gave other shocks than the Parquet file of the same prices)."""
+    from gpu_margin._history import _as_number
+
+    rng = np.random.default_rng(11)
+    x = 100.0 * np.cumprod(1.0 + rng.normal(0.0, 0.02, 20_000))
+    text = pd.Series([repr(float(v)) for v in x] + ["", "NA"])
+    got = _as_number(text, "close", tmp_path / "prices.csv", positive=True).to_numpy()
+    assert np.array_equal(got[:-2], x) and np.isnan(got[-2:]).all()
