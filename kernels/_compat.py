@@ -42,22 +42,44 @@ def _segment_sum_numpy(values: Any, segment_ids: Any, n_segments: int) -> Any:
     return out
 
 
+_SEGMENT_SUM_CUDA = r"""
+extern "C" __global__ void segment_sum_rows(const double* values, const long long* first, const long long* seg,
+                                            const long long n_runs, const long long m, double* out) {
+    // one thread per (run of a segment's rows, column): the rows added in order, the first copied
+    long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n_runs * m) return;
+    long long r = t / m, j = t - r * m;
+    long long i = first[r], end = first[r + 1];
+    double acc = values[i * m + j];
+    for (++i; i < end; ++i) acc += values[i * m + j];
+    out[seg[r] * m + j] = acc;
+}
+"""
+_segment_sum_kernel: Any = None
+
+
 def _segment_sum_cupy(values: Any, segment_ids: Any, n_segments: int) -> Any:  # pragma: no cover (GPU)
+    """The NumPy branch's arithmetic on the GPU: each segment's rows added in row order (the first
+    copied), one thread per segment and column, so the same bits on every run and as the compiled
+    NumPy loop (no atomics, no tree order; ``O(n·m)`` work and one pass over ``values``)."""
     import cupy  # noqa: PLC0415
 
-    return segment_sum_placed(cupy, values, segment_ids, n_segments)
-
-
-def segment_sum_placed(xp: Any, values: Any, segment_ids: Any, n_segments: int) -> Any:
-    """The segmented scan of :func:`segment_sum_generic`, its totals put in place by index assignment
-    (NumPy, CuPy): the same bits on every run. ``cupyx.scatter_add`` adds with atomics in an order that
-    changes from run to run, so a GPU rerun's files would differ in the last bits and a tied worst
-    scenario could flip."""
-    out = xp.zeros((n_segments, values.shape[1]), dtype=xp.float64)
-    if values.shape[0] == 0:
+    global _segment_sum_kernel  # noqa: PLW0603  (compiled once per process, on first use)
+    n, m = values.shape
+    out = cupy.zeros((n_segments, m), dtype=cupy.float64)
+    if n == 0 or m == 0:
         return out
-    totals, seg_of_last = _scan_totals(xp, values, segment_ids)
-    out[seg_of_last] = totals  # each segment once: no two writes to one row
+    if _segment_sum_kernel is None:
+        _segment_sum_kernel = cupy.RawKernel(_SEGMENT_SUM_CUDA, "segment_sum_rows")
+    values = cupy.ascontiguousarray(values, dtype=cupy.float64)
+    seg = cupy.asarray(segment_ids, dtype=cupy.int64)
+    starts = cupy.flatnonzero(cupy.concatenate([cupy.ones(1, dtype=bool), seg[1:] != seg[:-1]]))
+    first = cupy.concatenate([starts, cupy.full(1, n, dtype=cupy.int64)]).astype(cupy.int64)
+    n_runs = int(starts.size)
+    threads = 256
+    blocks = (n_runs * m + threads - 1) // threads
+    _segment_sum_kernel((blocks,), (threads,), (values, first, seg[starts].copy(), cupy.int64(n_runs),
+                                                cupy.int64(m), out))
     return out
 
 
