@@ -9,7 +9,13 @@ the underlying through the account's legs sorted by underlying code), keeps
 those that lower both the initial and the maintenance requirement by more than
 ``min_saving``, sorts them best first (largest initial saving, then ``tie1``,
 ``tie2``, then the two legs' places in ``position_id`` order) and forms them
-greedily. What is left of every leg is margined alone. The account's output
+greedily. Each pass pairs only the kinds it pairs (an underlying's legs are bucketed once per account:
+short calls, short puts, long calls, long puts, long shares, short shares). When the own share lots a short
+option could be covered by are all alike (price, multiplier, standalone requirements, bit for bit), its
+candidates with them have one saving and sort together lot after lot, so one candidate stands for them all
+and the greedy walks its lots in that order: the same pairs, with a sort of options rather than options ×
+lots (a liquidation plan reruns an account with dozens of lots hundreds of times). What is left of every
+leg is margined alone. The account's output
 rows are then sorted by (leg, strategy name, partner) and appended, so the
 rows come out in the order of the ``regt_legs`` output.
 
@@ -59,6 +65,42 @@ def _before(sx, sy, ux, uy, vx, vy, ax, ay, bx, by):  # noqa: ANN001, ANN202, PL
     if ax != ay:
         return ax < ay
     return bx < by
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _leg_kind(x, rem, option, stock, short, long_, is_call):  # noqa: ANN001, ANN202, PLR0913
+    """The pairing kind of leg ``x``: 0 short call, 1 short put, 2 long call, 3 long put, 4 long shares,
+    5 short shares; -1 when it pairs with nothing (no quantity left, or a future)."""
+    if not rem[x] > 0:
+        return -1
+    if option[x]:
+        if short[x]:
+            return 0 if is_call[x] else 1
+        if long_[x]:
+            return 2 if is_call[x] else 3
+        return -1
+    if stock[x]:
+        return 4 if long_[x] else 5
+    return -1
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _alike_lots(kb, b0, b1, rows, value, mult, stand_i, stand_m):  # noqa: ANN001, ANN202, PLR0913
+    """Whether the share lots ``rows[kb[b0:b1]]`` have the same price, multiplier and standalone
+    requirements, bit for bit (``-0.0`` is not ``0.0``; a NaN is like nothing): then a short option's
+    covered candidate with each lot has the same amounts and saving."""
+    f = rows[kb[b0]]
+    for xb in range(b0 + 1, b1):
+        x = rows[kb[xb]]
+        if not (_same_bits(value[x], value[f]) and _same_bits(mult[x], mult[f])
+                and _same_bits(stand_i[x], stand_i[f]) and _same_bits(stand_m[x], stand_m[f])):
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _same_bits(x, y):  # noqa: ANN001, ANN202
+    return x == y and np.float64(x).view(np.int64) == np.float64(y).view(np.int64)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -291,7 +333,7 @@ def _put_back(rem, rows, saved, counts, counts_before):  # noqa: ANN001, ANN202
 def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is_call, long_, short, spot,  # noqa: ANN001, ANN202, C901, PLR0912, PLR0913, PLR0915
                    strike, mult, mult_code, value, mv_unit, exp, exp_nat, naked_unit, sign, absq, stand_i,
                    stand_m, strat_rank, rates, tol, min_saving,
-                   rem, counts, by_und, und_sorted, saved, grp, ci, cf, idx, ri, rf, rkey, ro, out_i, out_f):
+                   rem, counts, by_und, und_sorted, kb, saved, grp, ci, cf, idx, ri, rf, rkey, ro, out_i, out_f):
     """Pair accounts ``g0, g0 + 1, ...`` into the buffers, the output rows from ``out_*[n_out]`` on.
 
     Stops before an account whose work does not fit one of the buffers (its remainders ``rem`` put
@@ -302,6 +344,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
     """
     n_acc = starts.shape[0] - 1
     counts_before = np.empty(7, dtype=np.int64)
+    at = np.empty(6, dtype=np.int64)  # where each kind's next leg goes in kb
     for g in range(g0, n_acc):
         s = starts[g]
         m = starts[g + 1] - s
@@ -333,33 +376,35 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                 und_sorted[i] = und[rows[o[i]]]
         nr = 0
         if m > 1:
-            # each underlying's legs (by_und[gs:ge]) and how many of each kind they hold, once: the
-            # counts bound every pass's candidates in the group (later passes have fewer legs left)
+            # each underlying's legs (by_und[gs:ge]) and its legs holding quantity by kind, once: short
+            # calls, short puts, long calls, long puts, long shares, short shares, each in by_und order in
+            # kb[gs:...] (grp[k, 5 + j]: how many of kind j). The products of the counts bound every pass's
+            # candidates in the group (later passes have fewer legs left); each pass pairs only the kinds it
+            # pairs, not every leg with every leg.
             n_grp = 0
             gs = 0
             while gs < m:
                 ge = gs + 1
                 while ge < m and und_sorted[ge] == und_sorted[gs]:
                     ge += 1
-                n_sc = n_sp = n_lc = n_lp = n_sl = n_ss = 0  # short/long calls and puts, long/short shares
+                for j in range(6):
+                    grp[n_grp, 5 + j] = 0
                 for xa in range(gs, ge):
                     x = rows[by_und[xa]]
-                    if rem[x] > 0:
-                        if option[x]:
-                            if short[x]:
-                                if is_call[x]:
-                                    n_sc += 1
-                                else:
-                                    n_sp += 1
-                            elif is_call[x]:
-                                n_lc += 1
-                            else:
-                                n_lp += 1
-                        elif stock[x]:
-                            if long_[x]:
-                                n_sl += 1
-                            else:
-                                n_ss += 1
+                    j = _leg_kind(x, rem, option, stock, short, long_, is_call)
+                    if j >= 0:
+                        grp[n_grp, 5 + j] += 1
+                at[0] = gs
+                for j in range(1, 6):
+                    at[j] = at[j - 1] + grp[n_grp, 4 + j]
+                for xa in range(gs, ge):
+                    x = rows[by_und[xa]]
+                    j = _leg_kind(x, rem, option, stock, short, long_, is_call)
+                    if j >= 0:
+                        kb[at[j]] = by_und[xa]
+                        at[j] += 1
+                n_sc, n_sp, n_lc, n_lp, n_sl, n_ss = (grp[n_grp, 5], grp[n_grp, 6], grp[n_grp, 7], grp[n_grp, 8],
+                                                      grp[n_grp, 9], grp[n_grp, 10])
                 grp[n_grp, 0], grp[n_grp, 1], grp[n_grp, 2] = gs, ge, n_sc * n_sl + n_sp * n_ss
                 grp[n_grp, 3], grp[n_grp, 4] = n_sc * n_lc + n_sp * n_lp, n_sc * n_sp
                 n_grp += 1
@@ -373,63 +418,84 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                     if ne + bound > ci.shape[0]:
                         _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
                         return g, n_out, 1, ne + bound
-                    for xa in range(gs, ge):
-                        la = by_und[xa]
-                        a = rows[la]
-                        if not (option[a] and short[a] and rem[a] > 0):
-                            continue
+                    sc = gs  # kb[sc:sp] short calls, [sp:lc] short puts, [lc:lp] long calls, [lp:sl] long
+                    sp = sc + grp[k, 5]  # puts, [sl:ss] long shares, [ss:ss + grp[k, 10]] short shares
+                    lc = sp + grp[k, 6]
+                    lp = lc + grp[k, 7]
+                    sl = lp + grp[k, 8]
+                    ss = sl + grp[k, 9]
+                    for side in range(1 if p == 2 else 2):  # calls, then puts
+                        a0, a1 = (sc, sp) if side == 0 else (sp, lc)
                         if p == 0:  # covered: short call vs long shares, short put vs short shares (own)
-                            call = is_call[a]
-                            for xb in range(gs, ge):
-                                lb = by_und[xb]
-                                b = rows[lb]
-                                if stock[b] and long_[b] == call and rem[b] > 0:
-                                    ci[ne, 0], ci[ne, 1], ci[ne, 2] = la, lb, 1
-                                    cf[ne, _RB], cf[ne, _T1] = mult[a] / mult[b], 0.0
-                                    ne += 1
+                            b0, b1 = (sl, ss) if side == 0 else (ss, ss + grp[k, 10])
                         elif p == 1:  # vertical spreads: short vs long option, same right and multiplier
-                            if exp_nat[a]:
-                                continue
-                            for xb in range(gs, ge):
-                                lb = by_und[xb]
-                                b = rows[lb]
-                                if not (option[b] and long_[b] and rem[b] > 0 and is_call[b] == is_call[a]
-                                        and mult_code[b] == mult_code[a] and not exp_nat[b] and exp[b] >= exp[a]):
-                                    continue
-                                ka, kb = strike[a], strike[b]
-                                width = kb - ka if is_call[a] else ka - kb
-                                w0 = width if (width > 0.0 or width != width) else 0.0  # np.maximum(width, 0)
-                                short_cost = w0 * mult[a] - mv_unit[a]
-                                long_cost = mv_unit[b]  # the long leg is paid for in full
-                                ci[ne, 0], ci[ne, 1], ci[ne, 2] = la, lb, 0
-                                ci[ne, 3] = _CREDIT_SPREAD if width > 0 else _DEBIT_SPREAD
-                                cf[ne, _RB] = 1.0
-                                cf[ne, _CAI], cf[ne, _CAM] = short_cost, short_cost
-                                cf[ne, _CBI], cf[ne, _CBM] = long_cost, long_cost
-                                cf[ne, _T1] = abs(kb - ka)
-                                cf[ne, _T2] = float((exp[b] - exp[a]) // _NS_PER_DAY)
-                                ne += 1
+                            b0, b1 = (lc, lp) if side == 0 else (lp, sl)
                         else:  # straddle / strangle: short call vs short put, same expiry and multiplier
-                            if not is_call[a]:
+                            b0, b1 = sp, lc
+                        # covered by own shares whose lots are all alike (price, multiplier, standalone
+                        # requirements, bit for bit): every lot gives a short option the same saving, so its
+                        # candidates sort together, lot after lot; one candidate stands for them all (ci[., 4:6]:
+                        # its lots kb[b0:b1]) and the greedy walks the lots in that order
+                        block = p == 0 and b1 - b0 > 1 and _alike_lots(kb, b0, b1, rows, value, mult, stand_i, stand_m)
+                        for xa in range(a0, a1):
+                            la = kb[xa]
+                            a = rows[la]
+                            if not rem[a] > 0:
                                 continue
-                            for xb in range(gs, ge):
-                                lb = by_und[xb]
+                            if p == 0 and block:
+                                lb = kb[b0]
                                 b = rows[lb]
-                                if not (option[b] and short[b] and rem[b] > 0 and not is_call[b]
-                                        and exp[b] == exp[a] and mult_code[b] == mult_code[a]):
-                                    continue
-                                # the greater naked requirement; on NLV both premiums come off
-                                na, nb = naked_unit[a], naked_unit[b]
-                                call_greater = (na + mv_unit[a]) >= (nb + mv_unit[b])
-                                ca = na if call_greater else 0.0
-                                cb = 0.0 if call_greater else nb
-                                ka, kb = strike[a], strike[b]
-                                ci[ne, 0], ci[ne, 1], ci[ne, 2] = la, lb, 0
-                                ci[ne, 3] = _STRADDLE if ka == kb else _STRANGLE
-                                cf[ne, _RB] = 1.0
-                                cf[ne, _CAI], cf[ne, _CAM], cf[ne, _CBI], cf[ne, _CBM] = ca, ca, cb, cb
-                                cf[ne, _T1], cf[ne, _T2] = abs(ka - kb), 0.0
+                                ci[ne, 0], ci[ne, 1], ci[ne, 2], ci[ne, 4], ci[ne, 5] = la, lb, 1, b0, b1
+                                cf[ne, _RB], cf[ne, _T1] = mult[a] / mult[b], 0.0
                                 ne += 1
+                            elif p == 0:
+                                for xb in range(b0, b1):
+                                    lb = kb[xb]
+                                    b = rows[lb]
+                                    if rem[b] > 0:
+                                        ci[ne, 0], ci[ne, 1], ci[ne, 2], ci[ne, 4] = la, lb, 1, -1
+                                        cf[ne, _RB], cf[ne, _T1] = mult[a] / mult[b], 0.0
+                                        ne += 1
+                            elif p == 1:
+                                if exp_nat[a]:
+                                    continue
+                                for xb in range(b0, b1):
+                                    lb = kb[xb]
+                                    b = rows[lb]
+                                    if not (rem[b] > 0 and mult_code[b] == mult_code[a] and not exp_nat[b]
+                                            and exp[b] >= exp[a]):
+                                        continue
+                                    ka, kb_ = strike[a], strike[b]
+                                    width = kb_ - ka if side == 0 else ka - kb_
+                                    w0 = width if (width > 0.0 or width != width) else 0.0  # np.maximum(width, 0)
+                                    short_cost = w0 * mult[a] - mv_unit[a]
+                                    long_cost = mv_unit[b]  # the long leg is paid for in full
+                                    ci[ne, 0], ci[ne, 1], ci[ne, 2], ci[ne, 4] = la, lb, 0, -1
+                                    ci[ne, 3] = _CREDIT_SPREAD if width > 0 else _DEBIT_SPREAD
+                                    cf[ne, _RB] = 1.0
+                                    cf[ne, _CAI], cf[ne, _CAM] = short_cost, short_cost
+                                    cf[ne, _CBI], cf[ne, _CBM] = long_cost, long_cost
+                                    cf[ne, _T1] = abs(kb_ - ka)
+                                    cf[ne, _T2] = float((exp[b] - exp[a]) // _NS_PER_DAY)
+                                    ne += 1
+                            else:
+                                for xb in range(b0, b1):
+                                    lb = kb[xb]
+                                    b = rows[lb]
+                                    if not (rem[b] > 0 and exp[b] == exp[a] and mult_code[b] == mult_code[a]):
+                                        continue
+                                    # the greater naked requirement; on NLV both premiums come off
+                                    na, nb = naked_unit[a], naked_unit[b]
+                                    call_greater = (na + mv_unit[a]) >= (nb + mv_unit[b])
+                                    ca = na if call_greater else 0.0
+                                    cb = 0.0 if call_greater else nb
+                                    ka, kb_ = strike[a], strike[b]
+                                    ci[ne, 0], ci[ne, 1], ci[ne, 2], ci[ne, 4] = la, lb, 0, -1
+                                    ci[ne, 3] = _STRADDLE if ka == kb_ else _STRANGLE
+                                    cf[ne, _RB] = 1.0
+                                    cf[ne, _CAI], cf[ne, _CAM], cf[ne, _CBI], cf[ne, _CBM] = ca, ca, cb, cb
+                                    cf[ne, _T1], cf[ne, _T2] = abs(ka - kb_), 0.0
+                                    ne += 1
                 if p == 0:
                     for lb in range(m):  # shares of an ETF that tracks the option's underlying
                         b = rows[lb]
@@ -453,7 +519,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                             la = by_und[xa]
                             a = rows[la]
                             if option[a] and short[a] and rem[a] > 0 and long_[b] == is_call[a]:
-                                ci[ne, 0], ci[ne, 1], ci[ne, 2] = la, lb, 1
+                                ci[ne, 0], ci[ne, 1], ci[ne, 2], ci[ne, 4] = la, lb, 1, -1
                                 # ETF shares whose value equals the call's aggregate index value per contract
                                 cf[ne, _RB] = spot[a] * mult[a] / (value[b] * mult[b])
                                 cf[ne, _T1] = 1.0  # own shares before ETF shares
@@ -482,6 +548,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                     continue
                 # keep what lowers both requirements; rank best first
                 nk = np.int64(0)  # (a literal 0 would compile _sort_candidates once more, for n == 0)
+                n_pairs = 0  # the (leg, leg) pairs they stand for (a block: one per lot)
                 for e in range(ne):
                     a, b = rows[ci[e, 0]], rows[ci[e, 1]]
                     rb = cf[e, _RB]
@@ -491,37 +558,41 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                         cf[e, _SI] = save_i
                         idx[nk] = e
                         nk += 1
+                        n_pairs += ci[e, 5] - ci[e, 4] if ci[e, 4] >= 0 else 1
                 if nk == 0:
                     continue
-                counts[p] += nk
+                counts[p] += n_pairs
                 _sort_candidates(idx, nk, ci, cf, m)
-                if nr + 2 * nk > ri.shape[0]:
+                if nr + 2 * n_pairs > ri.shape[0]:
                     _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
-                    return g, n_out, 2, nr + 2 * nk
-                # greedy: each candidate in turn takes what both its legs still allow
+                    return g, n_out, 2, nr + 2 * n_pairs
+                # greedy: each candidate in turn takes what both its legs still allow (a block: lot by lot)
                 for k in range(nk):
                     e = idx[k]
-                    a, b = rows[ci[e, 0]], rows[ci[e, 1]]
-                    r = cf[e, _RB]
-                    cap_b = rem[b] / r
-                    if ci[e, 2]:  # shares cover whole contracts
-                        cap_b = np.floor(cap_b + 1e-9)
-                    cap = min(rem[a], cap_b)
-                    if cap > 0.0:
-                        rem[a] -= cap
-                        rem[b] -= cap * r
-                        if rem[a] <= tol * absq[a]:
-                            rem[a] = 0.0
-                        if rem[b] <= tol * absq[b]:
-                            rem[b] = 0.0
-                        counts[3 + p] += 1
-                        st = ci[e, 3]
-                        ri[nr, 0], ri[nr, 1], ri[nr, 2] = ci[e, 0], ci[e, 1], st
-                        rf[nr, 0], rf[nr, 1], rf[nr, 2] = sign[a] * cap, cf[e, _CAI] * cap, cf[e, _CAM] * cap
-                        ri[nr + 1, 0], ri[nr + 1, 1], ri[nr + 1, 2] = ci[e, 1], ci[e, 0], st
-                        rf[nr + 1, 0] = sign[b] * (cap * r)
-                        rf[nr + 1, 1], rf[nr + 1, 2] = cf[e, _CBI] * cap, cf[e, _CBM] * cap
-                        nr += 2
+                    x0, x1 = (ci[e, 4], ci[e, 5]) if ci[e, 4] >= 0 else (0, 1)
+                    for xb in range(x0, x1):
+                        lb = kb[xb] if ci[e, 4] >= 0 else ci[e, 1]
+                        a, b = rows[ci[e, 0]], rows[lb]
+                        r = cf[e, _RB]
+                        cap_b = rem[b] / r
+                        if ci[e, 2]:  # shares cover whole contracts
+                            cap_b = np.floor(cap_b + 1e-9)
+                        cap = min(rem[a], cap_b)
+                        if cap > 0.0:
+                            rem[a] -= cap
+                            rem[b] -= cap * r
+                            if rem[a] <= tol * absq[a]:
+                                rem[a] = 0.0
+                            if rem[b] <= tol * absq[b]:
+                                rem[b] = 0.0
+                            counts[3 + p] += 1
+                            st = ci[e, 3]
+                            ri[nr, 0], ri[nr, 1], ri[nr, 2] = ci[e, 0], lb, st
+                            rf[nr, 0], rf[nr, 1], rf[nr, 2] = sign[a] * cap, cf[e, _CAI] * cap, cf[e, _CAM] * cap
+                            ri[nr + 1, 0], ri[nr + 1, 1], ri[nr + 1, 2] = lb, ci[e, 0], st
+                            rf[nr + 1, 0] = sign[b] * (cap * r)
+                            rf[nr + 1, 1], rf[nr + 1, 2] = cf[e, _CBI] * cap, cf[e, _CBM] * cap
+                            nr += 2
         # what is left of every leg, margined alone
         if nr + m > ri.shape[0]:
             _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
@@ -586,22 +657,22 @@ def pair_accounts(order, starts, und, trk, option, stock, future, is_call, long_
     max_m = int(np.diff(starts).max()) if starts.shape[0] > 1 else 1
     rem = absq.copy()
     counts = np.zeros(7, dtype=np.int64)
-    by_und, und_sorted = (np.empty(max(max_m, 1), dtype=np.int64) for _ in range(2))
+    by_und, und_sorted, kb = (np.empty(max(max_m, 1), dtype=np.int64) for _ in range(3))
     saved = np.empty(max(max_m, 1), dtype=np.float64)  # an account's remainders, put back when it stops
-    grp = np.empty((max(max_m, 1), 5), dtype=np.int64)  # an account's underlyings: start, end, bounds
+    grp = np.empty((max(max_m, 1), 11), dtype=np.int64)  # an account's underlyings: start, end, bounds, kinds
     n_cand, n_rows, n_all = capacity or (1024, max(1024, 2 * max_m), n + n // 4 + 16)
     out_i = np.empty((n_all, 3), dtype=np.int64)
     out_f = np.empty((n_all, 3), dtype=np.float64)
     g, n_out = 0, 0
     while True:
-        ci, cf, idx = np.empty((n_cand, 4), np.int64), np.empty((n_cand, _NF)), np.empty(n_cand, np.int64)
+        ci, cf, idx = np.empty((n_cand, 6), np.int64), np.empty((n_cand, _NF)), np.empty(n_cand, np.int64)
         ri, rf = np.empty((n_rows, 3), np.int64), np.empty((n_rows, 3))
         rkey, ro = np.empty(n_rows, np.uint64), np.empty(n_rows, np.int64)
         while True:
             g, n_out, full, need = _pair_accounts(
                 g, n_out, order, starts, und, trk, option, stock, future, is_call, long_, short, spot, strike,
                 mult, mult_code, value, mv_unit, exp, exp_nat, naked_unit, sign, absq, stand_i, stand_m,
-                strat_rank, rates, tol, min_saving, rem, counts, by_und, und_sorted, saved, grp,
+                strat_rank, rates, tol, min_saving, rem, counts, by_und, und_sorted, kb, saved, grp,
                 ci, cf, idx, ri, rf, rkey, ro, out_i, out_f)  # fmt: skip
             if full != 3:
                 break

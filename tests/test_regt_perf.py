@@ -146,6 +146,32 @@ def test_single_accounts_of_the_book(book_20k):
         assert_same(book_20k[book_20k["account_id"] == acct])
 
 
+
+@pytest.mark.parametrize("other_price", [None, 49.5])
+def test_many_lots_covering_many_short_options(other_price):
+    """Dozens of share lots and short options on one underlying: lots alike in price are paired as one block
+    of candidates walked lot by lot, which must give the oracle's rows (odd lots, whole contracts, lots used
+    up across calls); one lot at another price (``other_price``) leaves the lots as single candidates."""
+    rows = []
+    for acct in ("A", "B"):
+        for i in range(30):  # long lots, odd sizes: a lot covers whole contracts only
+            price = other_price if (other_price is not None and acct == "B" and i == 17) else 50.0
+            rows.append(stk(f"{acct}s{i:03d}", "XYZ", 50 + 37 * (i % 5), price, acct=acct))
+        for i in range(8):  # short lots cover short puts
+            rows.append(stk(f"{acct}t{i:03d}", "XYZ", -(120 + 45 * i), 50.0, acct=acct))
+        for i in range(40):
+            rows.append(opt(f"{acct}c{i:03d}", "XYZ", "C", 45 + 5 * (i % 4), -(1 + i % 3), 50.0,
+                            2.5 + 0.5 * (i % 3), acct=acct))
+        for i in range(12):
+            rows.append(opt(f"{acct}p{i:03d}", "XYZ", "P", 45 + 5 * (i % 3), -(1 + i % 2), 50.0, 1.5, acct=acct))
+        for i in range(5):  # long calls: spreads take what cover leaves
+            rows.append(opt(f"{acct}l{i:03d}", "XYZ", "C", 55, 2, 50.0, 1.0, acct=acct))
+    df = frame(*rows)
+    assert_same(df)
+    _, legs = _regt.regt_requirements(df)
+    covered = legs[legs["strategy"] == "covered_call"]
+    assert covered["paired_with"].nunique() > 10  # the calls took many lots, lot by lot
+
 # --------------------------------------------------------------------------- #
 # hypothesis books
 
