@@ -6,7 +6,12 @@ and report the median wall time per stage, positions per second, and the
 peak resident memory of the run's process. The baseline, measured in the same
 run, is reading the positions files with pyarrow alone (the I/O floor).
 
-    python benchmarks/bench_pipeline.py --sizes 100000,1000000 [--methodology finra] [--repeat 3]
+    python benchmarks/bench_pipeline.py --sizes 100000,1000000 [--methodology finra] [--repeat 3] [--seed 1]
+
+Books are written with ``--seed 1`` unless ``--seed`` says otherwise (books of
+another seed are cached beside them, ``book-SIZE-seedS``). Another seed gives
+other accounts: seed 0's 1M book (the CLI's default) called an account whose
+liquidation plan cost 12 s until the tenth session (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -74,19 +79,21 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--books", default=os.path.join(tempfile.gettempdir(), "gpu-margin-books"))
     ap.add_argument("--scheduler", default="threads")
+    ap.add_argument("--seed", type=int, default=1, help="the synthetic books' seed (default 1)")
     args = ap.parse_args()
     py = sys.executable
     print(f"machine: {machine()}")
-    print(f"methodology {args.methodology}, scheduler {args.scheduler}, median of {args.repeat} runs per size")
+    print(f"methodology {args.methodology}, scheduler {args.scheduler}, books of seed {args.seed}, "
+          f"median of {args.repeat} runs per size")
     header = (f"{'positions':>11s} {'read-only s':>11s} {'run s':>8s} {'x read':>7s} {'pos/s':>11s} "
               f"{'peak GiB':>8s}  stages (s, summed over partitions): read validate margin calls write")
     print(header)
     for size in (int(s) for s in args.sizes.split(",")):
-        book = Path(args.books) / f"book-{size}"
+        book = Path(args.books) / (f"book-{size}" if args.seed == 1 else f"book-{size}-seed{args.seed}")
         book.parent.mkdir(parents=True, exist_ok=True)
         if not (book / "job.toml").exists():
             subprocess.run([py, "-m", "gpu_margin", "synth", "--out", str(book), "--positions", str(size),
-                            "--seed", "1", "--force"], check=True, stdout=subprocess.DEVNULL)
+                            "--seed", str(args.seed), "--force"], check=True, stdout=subprocess.DEVNULL)
         job = book / f"job-{args.methodology}.toml"
         text = (book / "job.toml").read_text()
         lines = [ln for ln in text.splitlines() if not ln.startswith("methodology")]
