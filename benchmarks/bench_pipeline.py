@@ -10,8 +10,9 @@ run, is reading the positions files with pyarrow alone (the I/O floor).
 
 Books are written with ``--seed 1`` unless ``--seed`` says otherwise (books of
 another seed are cached beside them, ``book-SIZE-seedS``). Another seed gives
-other accounts: seed 0's 1M book (the CLI's default) called an account whose
-liquidation plan cost 12 s until the tenth session (benchmarks/RESULTS.md).
+other accounts: seed 0's 1M book (``gpu-margin synth``'s default seed) called an
+account whose liquidation plan cost 12 s until the tenth session
+(benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
