@@ -44,7 +44,8 @@ _COVERED_CALL, _COVERED_PUT, _CREDIT_SPREAD, _DEBIT_SPREAD, _STRADDLE, _STRANGLE
 _N_STRATEGIES = len(STRATEGIES)
 _NS_PER_DAY = 86_400_000_000_000
 
-# candidate columns: ints (a, b: local leg numbers; integral; strategy), floats (below)
+# candidate columns: ints (a, b: local leg numbers; integral; strategy; the lots kb[ci[., 4]:ci[., 5]] of a block
+# of alike lots, ci[., 4] = -1 for the one lot b), floats (below)
 _RB, _CAI, _CAM, _CBI, _CBM, _T1, _T2, _SI = 0, 1, 2, 3, 4, 5, 6, 7
 _NF = 8
 _SMALL_SORT = 24  # insertion sort up to this many items
