@@ -1,23 +1,21 @@
 """The Reg T pairing as one compiled pass over the accounts (``gpu_margin._regt``'s engine).
 
-Each account is paired on its own: accounts share no leg, so the greedy
-b-matching over all candidates in rank order (SPEC 5.3, ``docs/regt.md``) is
-the same as one greedy run per account. Per account, and per strategy pass in
-the fixed order (covered, vertical spread, straddle/strangle), the kernel
-lists every candidate pair among the legs still holding quantity (joined on
-the underlying through the account's legs sorted by underlying code), keeps
-those that lower both the initial and the maintenance requirement by more than
-``min_saving``, sorts them best first (largest initial saving, then ``tie1``,
-``tie2``, then the two legs' places in ``position_id`` order) and forms them
-greedily. Each pass pairs only the kinds it pairs (an underlying's legs are bucketed once per account:
-short calls, short puts, long calls, long puts, long shares, short shares). When the own share lots a short
-option could be covered by are all alike (price, multiplier, standalone requirements, bit for bit), its
-candidates with them have one saving and sort together lot after lot, so one candidate stands for them all
-and the greedy walks its lots in that order: the same pairs, with a sort of options rather than options ×
-lots (a liquidation plan reruns an account with dozens of lots hundreds of times). What is left of every
-leg is margined alone. The account's output
-rows are then sorted by (leg, strategy name, partner) and appended, so the
-rows come out in the order of the ``regt_legs`` output.
+Each account is paired on its own: accounts share no leg, so the greedy b-matching over all
+candidates in rank order (SPEC 5.3, ``docs/regt.md``) is the same as one greedy run per account. Per
+account, and per strategy pass in the fixed order (covered, vertical spread, straddle/strangle), the
+kernel lists every candidate pair among the legs still holding quantity (joined on the underlying
+through the account's legs sorted by underlying code), keeps those that lower both the initial and
+the maintenance requirement by more than ``min_saving``, sorts them best first (largest initial
+saving, then ``tie1``, ``tie2``, then the two legs' places in ``position_id`` order) and forms them
+greedily. Each pass pairs only the kinds it pairs (an underlying's legs are bucketed once per
+account: short calls, short puts, long calls, long puts, long shares, short shares). When the own
+share lots a short option could be covered by are all alike (price, multiplier, standalone
+requirements, bit for bit), its candidates with them have one saving and sort together lot after
+lot, so one candidate stands for them all and the greedy walks its lots in that order: the same
+pairs, with a sort of options rather than options × lots (a liquidation plan reruns an account with
+dozens of lots hundreds of times). What is left of every leg is margined alone. The account's output
+rows are then sorted by (leg, strategy name, partner) and appended, so the rows come out in the
+order of the ``regt_legs`` output.
 
 The formulas are written exactly as the NumPy expressions they replace (same
 operations in the same order, no fast-math), so every amount is bit-for-bit
