@@ -39,8 +39,6 @@ class ScenarioTable:
 #: The largest fall in price any grid scenario tests (turbulence widening and extreme moves stop there).
 MAX_DOWN = 0.99
 
-
-
 #: Each CSV number the nearest double to its text, so a CSV replays as the Parquet file it was written
 #: from: pandas' default parser before 3.1 can be a unit in the last place off (3.1 is exact by default
 #: and deprecates the option).
