@@ -48,7 +48,8 @@ _RB, _CAI, _CAM, _CBI, _CBM, _T1, _T2, _SI = 0, 1, 2, 3, 4, 5, 6, 7
 _NF = 8
 _SMALL_SORT = 24  # insertion sort up to this many items
 _MERGE_SORT = 4096  # merge sort up to this many, radix sort above
-_KEY_LIMIT = 1 << 62
+_DIGIT_BITS = 11  # radix sort digits: 2,048 counters, which stay in cache
+_DIGITS = 6  # of 11 bits: 66 >= 64
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -103,15 +104,42 @@ def _same_bits(x, y):  # noqa: ANN001, ANN202
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _sort_candidates(idx, n, ci, cf, m):  # noqa: ANN001, ANN202
-    """Sort candidates ``idx[:n]`` best first (:func:`_before`): an insertion sort when small, a merge
-    sort up to ``_MERGE_SORT``, else one radix sort of a packed integer key of the dense ranks of the
-    float keys and the two legs' places (``< m``)."""
+def _sort_candidates(idx, n, ci, cf):  # noqa: ANN001, ANN202
+    """Sort candidates ``idx[:n]`` best first (:func:`_before`): a comparison sort
+    (:func:`_sort_by_before`) up to ``_MERGE_SORT``; above, a radix sort of the savings (largest first,
+    as order-preserving bits, each moved with its candidate), then each run of equal savings by the
+    comparison sort (which then decides on the tie-breaks and the legs)."""
+    if n <= _MERGE_SORT:
+        _sort_by_before(idx, 0, n, ci, cf)
+        return
+    o = np.empty(n, dtype=np.int64)
+    key = np.empty(n, dtype=np.uint64)
+    for k in range(n):
+        o[k] = idx[k]
+        key[k] = ~_float_key(cf[idx[k], _SI])
+    _radix_sort_pairs(o, key)
+    for k in range(n):
+        idx[k] = o[k]
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and key[j] == key[i]:
+            j += 1
+        if j - i > 1:
+            _sort_by_before(idx, i, j, ci, cf)
+        i = j
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _sort_by_before(idx, lo, hi, ci, cf):  # noqa: ANN001, ANN202
+    """Sort candidates ``idx[lo:hi]`` by :func:`_before`: an insertion sort up to ``_SMALL_SORT``, a
+    merge sort above."""
+    n = hi - lo
     if n <= _SMALL_SORT:
-        for i in range(1, n):
+        for i in range(lo + 1, hi):
             x = idx[i]
             j = i - 1
-            while j >= 0:
+            while j >= lo:
                 y = idx[j]
                 if not _before(cf[x, _SI], cf[y, _SI], cf[x, _T1], cf[y, _T1], cf[x, _T2], cf[y, _T2],
                                ci[x, 0], ci[y, 0], ci[x, 1], ci[y, 1]):
@@ -120,89 +148,49 @@ def _sort_candidates(idx, n, ci, cf, m):  # noqa: ANN001, ANN202
                 j -= 1
             idx[j + 1] = x
         return
-    if n <= _MERGE_SORT:
-        src = np.empty(n, dtype=np.int64)
-        for k in range(n):
-            src[k] = idx[k]
-        dst = np.empty(n, dtype=np.int64)
-        width = 1
-        while width < n:
-            lo = 0
-            while lo < n:
-                mid = min(lo + width, n)
-                hi = min(lo + 2 * width, n)
-                i, j, k = lo, mid, lo
-                while i < mid and j < hi:
-                    x, y = src[j], src[i]
-                    if _before(cf[x, _SI], cf[y, _SI], cf[x, _T1], cf[y, _T1], cf[x, _T2], cf[y, _T2],
-                               ci[x, 0], ci[y, 0], ci[x, 1], ci[y, 1]):
-                        dst[k] = x
-                        j += 1
-                    else:
-                        dst[k] = y
-                        i += 1
-                    k += 1
-                while i < mid:
-                    dst[k] = src[i]
-                    i += 1
-                    k += 1
-                while j < hi:
-                    dst[k] = src[j]
+    src = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        src[k] = idx[lo + k]
+    dst = np.empty(n, dtype=np.int64)
+    width = 1
+    while width < n:
+        start = 0
+        while start < n:
+            mid = min(start + width, n)
+            end = min(start + 2 * width, n)
+            i, j, k = start, mid, start
+            while i < mid and j < end:
+                x, y = src[j], src[i]
+                if _before(cf[x, _SI], cf[y, _SI], cf[x, _T1], cf[y, _T1], cf[x, _T2], cf[y, _T2],
+                           ci[x, 0], ci[y, 0], ci[x, 1], ci[y, 1]):
+                    dst[k] = x
                     j += 1
-                    k += 1
-                lo = hi
-            src, dst = dst, src
-            width *= 2
-        for k in range(n):
-            idx[k] = src[k]
-        return
-    key = np.empty(n, dtype=np.uint64)
+                else:
+                    dst[k] = y
+                    i += 1
+                k += 1
+            while i < mid:
+                dst[k] = src[i]
+                i += 1
+                k += 1
+            while j < end:
+                dst[k] = src[j]
+                j += 1
+                k += 1
+            start = end
+        src, dst = dst, src
+        width *= 2
     for k in range(n):
-        key[k] = 0
-    card = 1
-    vals = np.empty(n, dtype=np.float64)
-    for c in (_SI, _T1, _T2):
-        for k in range(n):
-            vals[k] = -cf[idx[k], c] if c == _SI else cf[idx[k], c]
-        r, nr = _float_codes(vals)
-        if nr > 1:
-            if card > (_KEY_LIMIT - 1) // nr:  # card * nr >= _KEY_LIMIT, without overflowing
-                card = _dense_key_ranks(key)
-            for k in range(n):
-                key[k] = key[k] * np.uint64(nr) + np.uint64(r[k])
-            card *= nr
-    for c in (0, 1):
-        if card > (_KEY_LIMIT - 1) // m:
-            card = _dense_key_ranks(key)
-        for k in range(n):
-            key[k] = key[k] * np.uint64(m) + np.uint64(ci[idx[k], c])
-        card *= m
-    o = _radix_argsort(key)  # the key is unique
-    for k in range(n):
-        o[k] = idx[o[k]]
-    for k in range(n):
-        idx[k] = o[k]
+        idx[lo + k] = src[k]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _float_codes(x):  # noqa: ANN001, ANN202
-    """Order-preserving codes of floats ``x`` (equal values equal codes) and their bound: none for a
-    constant, small whole numbers as they are, else :func:`_dense_ranks` (a sort)."""
-    n = x.shape[0]
-    lo, hi, whole = x[0], x[0], True
-    for i in range(n):
-        v = x[i]
-        if v != v:
-            return _dense_ranks(x)
-        lo = min(lo, v)
-        hi = max(hi, v)
-        whole = whole and v == np.floor(v)
-    if lo == hi or (whole and lo >= 0 and hi < 1 << 20):
-        codes = np.empty(n, dtype=np.int64)
-        for i in range(n):
-            codes[i] = 0 if lo == hi else np.int64(x[i])
-        return codes, 1 if lo == hi else int(hi) + 1
-    return _dense_ranks(x)
+@numba.njit(cache=True, nogil=True, inline="always")
+def _float_key(v):  # noqa: ANN001, ANN202
+    """Unsigned bits of float ``v`` in its order: NaN last (every NaN one key), -0.0 as 0.0."""
+    if v != v:
+        return np.uint64(0xFFFFFFFFFFFFFFFF)
+    b = np.int64(np.float64(v + 0.0).view(np.int64))  # -0.0 + 0.0 is 0.0
+    return np.uint64(b ^ np.int64(-1)) if b < 0 else np.uint64(b) | np.uint64(1 << 63)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -248,75 +236,61 @@ def _argsort_keys(keys):  # noqa: ANN001, ANN202
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _radix_argsort(keys):  # noqa: ANN001, ANN202
-    """Indices that sort unsigned 64-bit ``keys`` (as ``uint64``), stable: an LSD radix sort on 11-bit
-    digits (16-bit from 32,768 keys), a digit all keys share skipped (Numba's comparison sorts cost
-    about 150 ns per key on these machines)."""
+    """Indices that sort unsigned 64-bit ``keys``, stable (:func:`_radix_sort_pairs` of ``0, 1, 2, ...``
+    and a copy of the keys; Numba's comparison sorts cost about 150 ns per key on these machines)."""
     n = keys.shape[0]
-    bits = 16 if n >= 1 << 15 else 11
-    mask = np.uint64((1 << bits) - 1)
     o = np.empty(n, dtype=np.int64)
+    k = np.empty(n, dtype=np.uint64)
     for i in range(n):
         o[i] = i
-    tmp = np.empty(n, dtype=np.int64)
-    count = np.empty(1 << bits, dtype=np.int64)
-    for shift in range(0, 64, bits):
-        sh = np.uint64(shift)
-        count[:] = 0
-        for i in range(n):
-            count[(keys[i] >> sh) & mask] += 1
-        if count[(keys[0] >> sh) & mask] == n:
-            continue
-        total = 0
-        for d in range(1 << bits):
-            c = count[d]
-            count[d] = total
-            total += c
-        for i in range(n):
-            x = o[i]
-            d = (keys[x] >> sh) & mask
-            tmp[count[d]] = x
-            count[d] += 1
-        o, tmp = tmp, o
+        k[i] = keys[i]
+    _radix_sort_pairs(o, k)
     return o
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _dense_ranks(x):  # noqa: ANN001, ANN202
-    """0-based ranks of floats ``x``, equal values (NaN with NaN, -0.0 with 0.0) sharing one; their count."""
-    n = x.shape[0]
-    keys = np.empty(n, dtype=np.uint64)
-    for i in range(n):  # order-preserving bits: NaN last, -0.0 as 0.0
-        v = x[i]
-        if v != v:
-            keys[i] = np.uint64(0xFFFFFFFFFFFFFFFF)
+def _radix_sort_pairs(o, k):  # noqa: ANN001, ANN202
+    """Sort ``k`` (unsigned 64-bit keys) and reorder ``o`` with it, stably, in place: an LSD radix sort on
+    11-bit digits that moves each key with its item, so every pass reads in order and writes to 2,048
+    places (reading ``keys[o[i]]`` on every pass, as this once did with 16-bit digits, misses the cache
+    on nearly every key of a sort of millions); one counting pass for all digits, and a digit every key
+    shares is skipped."""
+    n = o.shape[0]
+    if n < 2:
+        return
+    radix = 1 << _DIGIT_BITS
+    mask = np.uint64(radix - 1)
+    count = np.zeros((_DIGITS, radix), dtype=np.int64)
+    for i in range(n):
+        v = k[i]
+        for d in range(_DIGITS):
+            count[d, (v >> np.uint64(d * _DIGIT_BITS)) & mask] += 1
+    o_in, k_in = o, k  # the caller's arrays
+    swapped = False
+    o2 = np.empty(n, dtype=np.int64)
+    k2 = np.empty(n, dtype=np.uint64)
+    for d in range(_DIGITS):
+        sh = np.uint64(d * _DIGIT_BITS)
+        if count[d, (k[0] >> sh) & mask] == n:
             continue
-        if v == 0.0:
-            v = 0.0
-        b = np.int64(np.float64(v).view(np.int64))
-        keys[i] = np.uint64(b ^ np.int64(-1)) if b < 0 else np.uint64(b) | np.uint64(1 << 63)
-    return _key_ranks(keys)
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _dense_key_ranks(key):  # noqa: ANN001, ANN202
-    """Replace unsigned 64-bit ``key`` by its 0-based dense ranks, in place; their count."""
-    r, count = _key_ranks(key)
-    for k in range(key.shape[0]):
-        key[k] = np.uint64(r[k])
-    return count
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _key_ranks(keys):  # noqa: ANN001, ANN202
-    """0-based ranks of unsigned 64-bit ``keys``, equal keys sharing one, and their count."""
-    o = _radix_argsort(keys)
-    r = np.empty(keys.shape[0], dtype=np.int64)
-    rank = 0
-    for i in range(keys.shape[0]):
-        if i > 0 and keys[o[i]] != keys[o[i - 1]]:
-            rank += 1
-        r[o[i]] = rank
-    return r, rank + 1
+        total = 0
+        for b in range(radix):
+            c = count[d, b]
+            count[d, b] = total
+            total += c
+        for i in range(n):
+            b = (k[i] >> sh) & mask
+            j = count[d, b]
+            o2[j] = o[i]
+            k2[j] = k[i]
+            count[d, b] = j + 1
+        o, o2 = o2, o
+        k, k2 = k2, k
+        swapped = not swapped
+    if swapped:  # an odd number of passes: the result is in the other buffers
+        for i in range(n):
+            o_in[i] = o[i]
+            k_in[i] = k[i]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -561,10 +535,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                 if nk == 0:
                     continue
                 counts[p] += n_pairs
-                _sort_candidates(idx, nk, ci, cf, m)
-                if nr + 2 * n_pairs > ri.shape[0]:
-                    _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
-                    return g, n_out, 2, nr + 2 * n_pairs
+                _sort_candidates(idx, nk, ci, cf)
                 # greedy: each candidate in turn takes what both its legs still allow (a block: lot by lot)
                 for k in range(nk):
                     e = idx[k]
@@ -578,6 +549,9 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                             cap_b = np.floor(cap_b + 1e-9)
                         cap = min(rem[a], cap_b)
                         if cap > 0.0:
+                            if nr + 2 > ri.shape[0]:  # checked as pairs form, which few candidates do
+                                _put_back(rem, rows, saved, counts, counts_before)  # the caller makes room
+                                return g, n_out, 2, 2 * ri.shape[0]
                             rem[a] -= cap
                             rem[b] -= cap * r
                             if rem[a] <= tol * absq[a]:

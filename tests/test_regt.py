@@ -512,17 +512,18 @@ def test_subset_legs_of_a_large_book_keep_the_output_row_order():
     assert [(pid[a], STRATEGIES[s]) for a, s in zip(fresh[0], fresh[2])] == [r[:2] for r in rows]
 
 
-def test_dense_ranks_are_the_ranks_of_sorted_distinct_values():
-    """The compiled pairing's ranks of the float keys (a radix sort of order-preserving bits) give the
-    ranks a full sort gives: equal values share a rank, NaN with NaN (last), -0.0 with 0.0; its codes
-    keep the order (small whole numbers as they are); the radix argsort is a stable sort."""
-    from gpu_margin._regt_pairing import _argsort_keys, _dense_key_ranks, _dense_ranks, _float_codes, _radix_argsort
+def test_float_keys_order_as_the_floats_and_the_radix_sorts_are_stable():
+    """The compiled pairing's integer keys of floats order as the floats do, equal values (NaN with NaN,
+    last; -0.0 with 0.0) sharing one key; its radix sorts are stable sorts, of the indices and of the
+    keys they carry."""
+    from gpu_margin._regt_pairing import _argsort_keys, _float_key, _radix_argsort, _radix_sort_pairs
 
+    float_keys = np.vectorize(_float_key, otypes=[np.uint64])
     rng = np.random.default_rng(11)
     for trial in range(600):
         n = int(rng.integers(1, 9000 if trial % 100 == 0 else 3000 if trial % 50 == 0 else 60))
         if trial % 4 == 0:
-            x = rng.choice([0.0, -0.0, np.nan, 1.5, -2.0, np.inf, -np.inf, 1e-300, -1e300], n)
+            x = rng.choice([0.0, -0.0, np.nan, 1.5, -2.0, np.inf, -np.inf, 1e-300, -1e300, 5e-324], n)
         elif trial % 4 == 1:
             x = rng.integers(0, 5, n).astype(np.float64)
         elif trial % 4 == 2:
@@ -531,19 +532,17 @@ def test_dense_ranks_are_the_ranks_of_sorted_distinct_values():
             x = np.full(n, 3.25)
         distinct = sorted({(1, 0.0) if v != v else (0, v + 0.0) for v in x.tolist()})  # NaN last, -0.0 as 0.0
         want = [distinct.index((1, 0.0) if v != v else (0, v + 0.0)) for v in x.tolist()]
-        ranks, count = _dense_ranks(x)
-        assert ranks.tolist() == want and count == len(distinct)
-        codes, bound = _float_codes(x)
-        assert (np.diff(codes[np.argsort(ranks, kind="stable")]) >= 0).all() and codes.max() < bound
-        assert ((codes[:, None] == codes[None, :]) == (ranks[:, None] == ranks[None, :])).all()
+        keys = float_keys(x)
+        assert np.unique(keys, return_inverse=True)[1].tolist() == want
         k = rng.integers(0, 1 << int(rng.integers(1, 63)), n).astype(np.uint64)
         np.testing.assert_array_equal(_radix_argsort(k), np.argsort(k, kind="stable"))
         np.testing.assert_array_equal(_argsort_keys(k), np.argsort(k, kind="stable"))
         few = k % np.uint64(int(rng.integers(1, 9)))  # many ties: stability shows
         np.testing.assert_array_equal(_argsort_keys(few), np.argsort(few, kind="stable"))
-        ranks_of = k.copy()
-        c = _dense_key_ranks(ranks_of)
-        assert ranks_of.tolist() == np.unique(k, return_inverse=True)[1].tolist() and c == np.unique(k).size
+        items, carried = np.arange(n, dtype=np.int64)[::-1].copy(), few.copy()
+        _radix_sort_pairs(items, carried)
+        np.testing.assert_array_equal(carried, np.sort(few))
+        np.testing.assert_array_equal(items, (n - 1 - np.arange(n))[np.argsort(few, kind="stable")])
 
 
 def test_an_option_in_a_product_group_reg_t_has_no_rate_for_is_a_one_line_error_naming_the_market_row():

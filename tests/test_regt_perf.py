@@ -337,9 +337,9 @@ def test_zero_divisors_as_numpy(rows):
         assert_same(frame(*rows))
 
 
-def test_packed_rank_key_does_not_overflow():
-    """The radix path packs the ranks of the saving, two tie-breaks of up to 2**20 values and two leg
-    places into one int64 key, re-ranking before a product would pass 2**62 (tested without wrapping)."""
+def test_radix_path_ranks_wide_tie_breaks_like_a_lexsort():
+    """Above ``_MERGE_SORT`` candidates the savings are radix sorted and each run of equal savings sorted
+    by the tie-breaks (up to 2**20 values each) and the legs: a lexsort of the five keys."""
     from gpu_margin._regt_pairing import _NF, _SI, _T1, _T2, _sort_candidates
 
     rng = np.random.default_rng(1)
@@ -348,14 +348,37 @@ def test_packed_rank_key_does_not_overflow():
     ci = np.zeros((n, 4), np.int64)
     ci[:, 0], ci[:, 1] = pairs // m, pairs % m
     cf = np.zeros((n, _NF))
-    cf[:, _SI] = rng.permutation(n) + 1.0
+    cf[:, _SI] = rng.permutation(n) // 3 + 1.0  # runs of three equal savings
     cf[:, _T1] = rng.integers(0, 1 << 20, n).astype(float)
     cf[0, _T1] = (1 << 20) - 1
     cf[:, _T2] = rng.integers(0, 100001, n).astype(float)
     cf[0, _T2] = 100000
     idx = np.arange(n, dtype=np.int64)
-    _sort_candidates(idx, n, ci, cf, m)
+    _sort_candidates(idx, n, ci, cf)
     np.testing.assert_array_equal(idx, np.lexsort((ci[:, 1], ci[:, 0], cf[:, _T2], cf[:, _T1], -cf[:, _SI])))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_radix_path_orders_as_the_comparison_sort(seed):
+    """The radix path (above ``_MERGE_SORT``) gives the comparison sort's order on candidates with long
+    runs of equal savings (one short leg's debit spreads), -0.0 beside 0.0, and NaN tie-breaks (last,
+    equal to each other)."""
+    from gpu_margin._regt_pairing import _MERGE_SORT, _NF, _SI, _T1, _T2, _sort_by_before, _sort_candidates
+
+    rng = np.random.default_rng(seed)
+    m = 400
+    n = _MERGE_SORT + int(rng.integers(1, 3000))
+    pairs = rng.choice(m * m, n, replace=False)
+    ci = np.zeros((n, 6), np.int64)
+    ci[:, 0], ci[:, 1] = pairs // m, pairs % m
+    cf = np.zeros((n, _NF))
+    cf[:, _SI] = rng.choice([0.0, -0.0, 1.0, 2.5, 1e6, 1e-3], n) + rng.integers(0, 4, n) * (seed > 1)
+    cf[:, _T1] = rng.choice([0.0, -0.0, 2.5, 5.0, np.nan], n)
+    cf[:, _T2] = rng.choice([0.0, 28.0, 91.0, np.nan], n)
+    radix, comparison = np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64)
+    _sort_candidates(radix, n, ci, cf)
+    _sort_by_before(comparison, 0, n, ci, cf)
+    np.testing.assert_array_equal(radix, comparison)
 
 
 @pytest.mark.parametrize("n_opt, n_lots", [(30, 25), (80, 60)])
