@@ -24,6 +24,7 @@ at the end.
 from __future__ import annotations
 
 import functools
+import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -61,6 +62,11 @@ ACCOUNT_COLUMNS = ["account_id", "regt_initial", "regt_maintenance"]
 
 _MIN_SAVING = 1e-7  # dollars per pair unit: a pairing must save more than this
 _REL_TOL = 1e-9  # remaining quantities below this share of the position are zero
+#: An account whose pairing ranks more candidates than this in one pass is named in a warning (about
+#: 120 bytes each; they grow as the square of its options on one underlying: docs/regt.md, "Large accounts").
+LARGE_PASS_CANDIDATES = 2_000_000
+
+log = logging.getLogger("gpu_margin")
 
 #: Strategy names; legs carry an index into this tuple until the output is built.
 STRATEGIES = (
@@ -120,6 +126,12 @@ def _paired_rows(positions: pd.DataFrame, book: bool = False,
     if legs.n == 0:
         return legs, None
     rows, empty_pair_part, n_standalone = _pair(legs)
+    n_cand, leg = legs.largest_pass
+    if n_cand > LARGE_PASS_CANDIDATES:
+        log.warning("Reg T: account %s ranks %s candidate pairs in one pass (%s legs); an account's "
+                    "candidates grow as the square of its options on one underlying (docs/regt.md, "
+                    "\"Large accounts\")", legs.acct_ids[leg].as_py(), f"{n_cand:,}",
+                    f"{int(np.count_nonzero(legs.acct == legs.acct[leg])):,}")
     legs.object_ids = empty_pair_part or n_standalone == 0
     legs.object_strategy = empty_pair_part
     return legs, rows
@@ -239,6 +251,8 @@ def _pair(legs: SimpleNamespace, capacity: tuple[int, int, int] | None = None
         capacity=capacity,
     )  # fmt: skip
     empty_pair_part = bool(((counts[:3] > 0) & (counts[3:6] == 0)).any())
+    # the most candidates one pass of one account ranked, and that account's first leg
+    legs.largest_pass = (int(counts[7]), int(order[starts[counts[8]]]) if counts[7] else 0)
     rows = (ints[:, 0].copy(), ints[:, 1].copy(), ints[:, 2].copy(),
             floats[:, 0].copy(), floats[:, 1].copy(), floats[:, 2].copy())  # fmt: skip
     return rows, empty_pair_part, int(counts[6])

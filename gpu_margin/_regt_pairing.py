@@ -316,7 +316,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
     variable that may be rebound inside the loop costs a reference count update on every use.
     """
     n_acc = starts.shape[0] - 1
-    counts_before = np.empty(7, dtype=np.int64)
+    counts_before = np.empty(counts.shape[0], dtype=np.int64)
     at = np.empty(6, dtype=np.int64)  # where each kind's next leg goes in kb
     for g in range(g0, n_acc):
         s = starts[g]
@@ -326,7 +326,7 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
         rows = order[s:s + m]
         for i in range(m):
             saved[i] = rem[rows[i]]
-        for k in range(7):
+        for k in range(counts.shape[0]):
             counts_before[k] = counts[k]
         # the account's legs by underlying (stable: ties keep position_id order)
         if m <= 64:
@@ -535,6 +535,8 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
                 if nk == 0:
                     continue
                 counts[p] += n_pairs
+                if nk > counts[7]:  # the most candidates one pass of one account ranks, and the account
+                    counts[7], counts[8] = nk, g
                 _sort_candidates(idx, nk, ci, cf)
                 # greedy: each candidate in turn takes what both its legs still allow (a block: lot by lot)
                 for k in range(nk):
@@ -622,14 +624,14 @@ def pair_accounts(order, starts, und, trk, option, stock, future, is_call, long_
 
     ``order``: the legs in (account, position_id) order; ``starts``: where each account begins in it
     (``n_acc + 1``). Returns ``(ints (n_rows, 3): leg, partner (-1: none), strategy; floats (n_rows, 3):
-    paired_quantity, initial, maintenance; counts (7,): candidates ranked per pass, pairs formed per
-    pass, standalone rows)``. Runs :func:`_pair_accounts`, making room and going on when it stops;
+    paired_quantity, initial, maintenance; counts (9,): candidates ranked per pass, pairs formed per
+    pass, standalone rows, the most candidates one pass of one account ranked and that account)``. Runs :func:`_pair_accounts`, making room and going on when it stops;
     ``capacity``: the first sizes of its buffers (candidates, an account's rows, output rows).
     """
     n = order.shape[0]
     max_m = int(np.diff(starts).max()) if starts.shape[0] > 1 else 1
     rem = absq.copy()
-    counts = np.zeros(7, dtype=np.int64)
+    counts = np.zeros(9, dtype=np.int64)
     by_und, und_sorted, kb = (np.empty(max(max_m, 1), dtype=np.int64) for _ in range(3))
     saved = np.empty(max(max_m, 1), dtype=np.float64)  # an account's remainders, put back when it stops
     grp = np.empty((max(max_m, 1), 11), dtype=np.int64)  # an account's underlyings: start, end, bounds, kinds

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import tomllib
 
 import _regt_reference as reference
@@ -399,3 +400,27 @@ def test_large_account_with_tied_savings(n_opt, n_lots):
     rows += [stk(f"e{i:02d}", "XYE", 300, 25.0, tracks="XYZ") for i in range(5)]
     assert_same(frame(*rows))
 
+
+
+def test_an_account_with_a_huge_pass_is_named_in_a_warning(monkeypatch, caplog):
+    """An account whose pass ranks more than ``LARGE_PASS_CANDIDATES`` candidates (they grow as the square
+    of its options on one underlying) is named in one warning with its count; the others are not."""
+    monkeypatch.setattr(_regt, "LARGE_PASS_CANDIDATES", 100)
+    rows = [opt(f"s{i:02d}", "XYZ", "C", 50 + 5 * (i % 4), -1, 50.0, 1.0, acct="MM") for i in range(12)]
+    rows += [opt(f"l{i:02d}", "XYZ", "C", 45 + 5 * (i % 5), 1, 50.0, 2.0, acct="MM", expiry=EXP_LATE)
+             for i in range(12)]  # 12 short calls x 12 long calls: 144 spread candidates
+    rows += [opt(f"t{i:02d}", "XYZ", "C", 50 + 5 * (i % 4), (-1) ** i, 50.0, 1.0, acct=f"T{i:02d}", expiry=EXP_LATE)
+             for i in range(24)]
+    with caplog.at_level("WARNING", logger="gpu_margin"):
+        _regt.regt_requirements(frame(*rows))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    found = re.fullmatch(r"Reg T: account MM ranks (\d+) candidate pairs in one pass \(24 legs\); an account's "
+                         r'candidates grow as the square of its options on one underlying \(docs/regt.md, "Large '
+                         r'accounts"\)', warnings[0])
+    assert found and 100 < int(found[1]) <= 144, warnings  # those of the 144 spreads that save
+    caplog.clear()
+    monkeypatch.setattr(_regt, "LARGE_PASS_CANDIDATES", int(found[1]))  # more than this warns
+    with caplog.at_level("WARNING", logger="gpu_margin"):
+        _regt.regt_requirements(frame(*rows))
+    assert not caplog.records
