@@ -169,19 +169,26 @@ def _sort_by_before(idx, lo, hi, ci, cf):  # noqa: ANN001, ANN202
                     dst[k] = y
                     i += 1
                 k += 1
-            while i < mid:
-                dst[k] = src[i]
-                i += 1
-                k += 1
-            while j < end:
-                dst[k] = src[j]
-                j += 1
-                k += 1
+            _merge_tails(src, dst, i, mid, j, end, k)
             start = end
         src, dst = dst, src
         width *= 2
     for k in range(n):
         idx[lo + k] = src[k]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _merge_tails(src, dst, i, mid, j, end, k):  # noqa: ANN001, ANN202, PLR0913
+    """The end of one merge of a merge sort: what is left of either run, ``src[i:mid]`` or
+    ``src[j:end]``, copied to ``dst[k:]``."""
+    while i < mid:
+        dst[k] = src[i]
+        i += 1
+        k += 1
+    while j < end:
+        dst[k] = src[j]
+        j += 1
+        k += 1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -220,14 +227,7 @@ def _argsort_keys(keys):  # noqa: ANN001, ANN202
                     dst[k] = src[i]
                     i += 1
                 k += 1
-            while i < mid:
-                dst[k] = src[i]
-                i += 1
-                k += 1
-            while j < hi:
-                dst[k] = src[j]
-                j += 1
-                k += 1
+            _merge_tails(src, dst, i, mid, j, hi, k)
             lo = hi
         src, dst = dst, src
         width *= 2
