@@ -48,6 +48,7 @@ _RB, _CAI, _CAM, _CBI, _CBM, _T1, _T2, _SI = 0, 1, 2, 3, 4, 5, 6, 7
 _NF = 8
 _SMALL_SORT = 24  # insertion sort up to this many items
 _MERGE_SORT = 4096  # merge sort up to this many, radix sort above
+_ROWS_PER_LEG = 4  # output rows an account's work is given room for before it starts, per leg
 _DIGIT_BITS = 11  # radix sort digits: 2,048 counters, which stay in cache
 _DIGITS = 6  # of 11 bits: 66 >= 64
 
@@ -114,7 +115,7 @@ def _sort_candidates(idx, n, ci, cf):  # noqa: ANN001, ANN202
         return
     o = np.empty(n, dtype=np.int64)
     key = np.empty(n, dtype=np.uint64)
-    for k in range(n):
+    for k in range(n):  # no saving is NaN here (the saving test keeps none), which would sort first
         o[k] = idx[k]
         key[k] = ~_float_key(cf[idx[k], _SI])
     _radix_sort_pairs(o, key)
@@ -325,6 +326,13 @@ def _pair_accounts(g0, n_out, order, starts, und, trk, option, stock, future, is
         m = starts[g + 1] - s
         if m == 0:
             continue
+        # room for ROWS_PER_LEG rows a leg before the work (a restart after it would redo the sorts): an
+        # account rarely needs more (a pass forms at most about one pair a leg), and the checks below
+        # make room when it does
+        if _ROWS_PER_LEG * m > ri.shape[0]:
+            return g, n_out, 2, _ROWS_PER_LEG * m
+        if n_out + _ROWS_PER_LEG * m > out_i.shape[0]:
+            return g, n_out, 3, n_out + _ROWS_PER_LEG * m
         rows = order[s:s + m]
         for i in range(m):
             saved[i] = rem[rows[i]]
@@ -627,8 +635,9 @@ def pair_accounts(order, starts, und, trk, option, stock, future, is_call, long_
     ``order``: the legs in (account, position_id) order; ``starts``: where each account begins in it
     (``n_acc + 1``). Returns ``(ints (n_rows, 3): leg, partner (-1: none), strategy; floats (n_rows, 3):
     paired_quantity, initial, maintenance; counts (9,): candidates ranked per pass, pairs formed per
-    pass, standalone rows, the most candidates one pass of one account ranked and that account)``. Runs :func:`_pair_accounts`, making room and going on when it stops;
-    ``capacity``: the first sizes of its buffers (candidates, an account's rows, output rows).
+    pass, standalone rows, the most candidates one pass of one account ranked and that account)``.
+    Runs :func:`_pair_accounts`, making room and going on when it stops; ``capacity``: the first sizes
+    of its buffers (candidates, an account's rows, output rows).
     """
     n = order.shape[0]
     max_m = int(np.diff(starts).max()) if starts.shape[0] > 1 else 1
@@ -637,7 +646,7 @@ def pair_accounts(order, starts, und, trk, option, stock, future, is_call, long_
     by_und, und_sorted, kb = (np.empty(max(max_m, 1), dtype=np.int64) for _ in range(3))
     saved = np.empty(max(max_m, 1), dtype=np.float64)  # an account's remainders, put back when it stops
     grp = np.empty((max(max_m, 1), 11), dtype=np.int64)  # an account's underlyings: start, end, bounds, kinds
-    n_cand, n_rows, n_all = capacity or (1024, max(1024, 2 * max_m), n + n // 4 + 16)
+    n_cand, n_rows, n_all = capacity or (1024, max(1024, _ROWS_PER_LEG * max_m), n + n // 4 + 16)
     out_i = np.empty((n_all, 3), dtype=np.int64)
     out_f = np.empty((n_all, 3), dtype=np.float64)
     g, n_out = 0, 0
