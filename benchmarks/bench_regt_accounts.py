@@ -87,9 +87,21 @@ def child(n_options: int, split: bool, repeat: int) -> None:
                       "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def sizes(text: str) -> list[int]:
+    """``--options``: comma-separated whole numbers of options, each at least 10."""
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or min(out) < 10:
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 10 separated by commas, e.g. 1000,2000 "
+                                         f"(got {text!r})")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--options", default="1000,2000,4000")
+    ap.add_argument("--options", type=sizes, default="1000,2000,4000")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -98,16 +110,19 @@ def main() -> None:
         return
     print(f"machine: {machine()}")
     print(f"median of {args.repeat} runs, each size in a fresh process; baseline: the same legs in accounts of 20")
-    print(f"{'options':>8} {'legs':>7} {'baseline s':>11} {'one account s':>14} {'x baseline':>11} {'peak MiB':>9}")
-    for n in (int(x) for x in args.options.split(",")):
+    print(f"{'options':>8} {'legs':>7} {'baseline s':>11} {'one account s':>14} {'x baseline':>11} "
+          f"{'peak MiB (one account)':>23}")
+    for n in args.options:
         res = {}
         for mode in ("split", "one"):
             out = subprocess.run([sys.executable, __file__, "--repeat", str(args.repeat), "--child", str(n), mode],
                                  check=True, capture_output=True, text=True).stdout
             res[mode] = json.loads(out.strip().splitlines()[-1])
+        if res["one"]["accounts"] != 1 or res["one"]["legs"] != res["split"]["legs"]:
+            raise SystemExit(f"bench_regt_accounts: the books differ from what they should be: {res}")
         base, one = res["split"]["seconds"], res["one"]["seconds"]
         print(f"{n:>8,} {res['one']['legs']:>7,} {base:>11.3f} {one:>14.3f} {one / base:>11.1f} "
-              f"{res['one']['peak_mib']:>9,.0f}")
+              f"{res['one']['peak_mib']:>23,.0f}")
 
 
 if __name__ == "__main__":
